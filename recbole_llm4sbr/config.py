@@ -1,0 +1,74 @@
+"""RecBole's Config with the plugin's property files layered in.
+
+Order, lowest first: RecBole's own defaults (overall, the base model's yaml, quick-start presets),
+then the plugin's ``properties/overall.yaml``, ``properties/model/LLM4SBR.yaml`` (LLM4SBR models
+only), ``properties/model/<model>.yaml``, ``properties/dataset/<dataset>.yaml``; above them the
+user's files, ``config_dict`` and ``--key=value`` on the command line, exactly as in RecBole.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import recbole
+from recbole.config import Config as RecBoleConfig
+
+from recbole_llm4sbr.paths import default_data_path, properties_dir
+from recbole_llm4sbr.utils import get_model
+
+RECBOLE_PROPERTIES = os.path.join(os.path.dirname(recbole.__file__), "properties")
+
+
+class Config(RecBoleConfig):
+    """``recbole.config.Config`` that knows the plugin's models and property files.
+
+    ``read_cmd_line=False`` ignores ``sys.argv`` (library use, tests, the benchmark runner).
+    """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
+                 read_cmd_line=True):
+        self._read_cmd_line = read_cmd_line
+        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list,
+                         config_dict=config_dict)
+
+    def _load_cmd_line(self):
+        if not self._read_cmd_line:
+            return {}
+        return super()._load_cmd_line()
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise KeyError("No model given. Fix: pass --model=<name>, e.g. --model=LLM4SBR_SRGNN")
+        return super()._get_model_and_dataset(get_model(model), dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        self.internal_config_dict["data_path"] = str(default_data_path())
+        base = getattr(model_class, "base_model_name", None)
+        plugin = properties_dir()
+        files = []
+        if base is not None:
+            files.append(os.path.join(RECBOLE_PROPERTIES, "model", f"{base}.yaml"))
+        files.append(os.path.join(plugin, "overall.yaml"))
+        if base is not None:
+            files.append(os.path.join(plugin, "model", "LLM4SBR.yaml"))
+        files.append(os.path.join(plugin, "model", f"{model}.yaml"))
+        dataset_file = os.path.join(plugin, "dataset", f"{dataset}.yaml")
+        files.append(dataset_file)
+        for file in files:
+            if os.path.isfile(file):
+                loaded = self._update_internal_config_dict(file)
+                if file == dataset_file and loaded:
+                    self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+
+def argv_overrides(argv=None) -> dict:
+    """``--key=value`` pairs of ``argv`` (RecBole's syntax), values still strings."""
+    out = {}
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            out[key] = value
+    return out

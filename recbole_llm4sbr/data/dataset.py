@@ -1,0 +1,94 @@
+"""``LLM4SBRDataset``: RecBole session benchmark files + the prefix key + stage-1 intent vectors.
+
+Stock models (``--model=SRGNN``) load through it too, so both sides of a comparison see the same
+files, split and item ids; only LLM4SBR models (``load_intent: True``) read the intent table.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from recbole.data.dataset import SequentialDataset
+from recbole.utils import FeatureSource, FeatureType
+
+from recbole_llm4sbr.intent.keys import prefix_key
+
+REQUIRED_COLUMNS = ("item_id_list:token_seq", "item_id:token")
+
+
+class DatasetFileError(ValueError):
+    """A dataset file is missing, empty or malformed; the message names the file and the fix."""
+
+
+def check_benchmark_files(data_dir: str, dataset: str, parts) -> None:
+    """Fail early, naming the file, on what RecBole would report obscurely (or not at all)."""
+    fix = (f"Fix: convert raw data with `python -m recbole_llm4sbr.data.converters ...` or write "
+           f"{dataset}.<part>.inter with the header 'session_id:token<TAB>item_id_list:token_seq<TAB>item_id:token'.")
+    for part in parts:
+        path = os.path.join(data_dir, f"{dataset}.{part}.inter")
+        if not os.path.isfile(path):
+            raise DatasetFileError(f"Dataset '{dataset}': missing file {path}. {fix}")
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\n")
+            first = f.readline()
+        if not header:
+            raise DatasetFileError(f"Dataset '{dataset}': {path} is empty. {fix}")
+        columns = header.split("\t")
+        absent = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if absent:
+            raise DatasetFileError(f"Dataset '{dataset}': {path} has header {columns}, missing {absent}. {fix}")
+        if not first.strip():
+            raise DatasetFileError(f"Dataset '{dataset}': {path} has a header but no samples. {fix}")
+        if len(first.rstrip("\n").split("\t")) != len(columns):
+            raise DatasetFileError(
+                f"Dataset '{dataset}': {path} line 2 has {len(first.rstrip(chr(10)).split(chr(9)))} "
+                f"tab-separated fields, the header {len(columns)}. {fix}")
+
+
+class LLM4SBRDataset(SequentialDataset):
+    """SequentialDataset over benchmark files, with a ``prefix_key`` token field on every sample.
+
+    The key (``intent.keys.prefix_key`` of the prefix's item tokens) is added when the files load,
+    so any RecBole session benchmark dataset works; RecBole remaps it to ids like any token field
+    and every batch carries it. ``intent_vectors[id]`` is the stage-1 intent of that prefix,
+    ``[num_keys, n_views, d_text]``, row 0 (padding) zero.
+    """
+
+    def __init__(self, config):
+        self.key_field = config["PREFIX_KEY_FIELD"] or "prefix_key"
+        parts = config["benchmark_filename"]
+        if not parts:
+            raise DatasetFileError(
+                f"Dataset '{config['dataset']}': LLM4SBR needs session benchmark files. Fix: set "
+                "benchmark_filename: [train, valid, test] (properties/dataset/<ds>.yaml) and convert the data.")
+        check_benchmark_files(config["data_path"], config["dataset"], parts)
+        super().__init__(config)
+        self.intent_views, self.intent_vectors, self.intent_table_path = [], None, None
+        if config["load_intent"]:
+            self._attach_intents()
+
+    def _load_data(self, token, dataset_path):
+        super()._load_data(token, dataset_path)
+        seq_field = self.iid_field + self.config["LIST_SUFFIX"]
+        self.inter_feat[self.key_field] = [prefix_key(seq) for seq in self.inter_feat[seq_field].values]
+        self.set_field_property(self.key_field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
+
+    def _attach_intents(self):
+        from recbole_llm4sbr.data.intents import load_dataset_intents
+
+        table = load_dataset_intents(self.config, self.logger)
+        tokens = self.field2id_token[self.key_field]
+        rows = [table.index.get(tok, -1) for tok in tokens[1:]]
+        missing = [tok for tok, row in zip(tokens[1:], rows) if row < 0]
+        if missing:
+            raise ValueError(
+                f"Intent table {table.path} does not match dataset '{self.dataset_name}': "
+                f"{len(missing)} prefixes have no intent (e.g. {missing[:3]}). It is stale. Fix: rerun "
+                f"`python -m recbole_llm4sbr.intent --dataset={self.dataset_name} --force` (or delete that folder)."
+            )
+        vectors = np.zeros((len(tokens),) + table.vectors.shape[1:], dtype=np.float32)
+        vectors[1:] = table.array(self.config)[np.asarray(rows, dtype=np.int64)]
+        self.intent_views = list(table.views)
+        self.intent_vectors = torch.from_numpy(vectors)
+        self.intent_table_path = str(table.path)

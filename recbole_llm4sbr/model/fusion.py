@@ -1,0 +1,42 @@
+"""Gated fusion of behaviour views with their intent views (METHOD.md Eq. 10-12).
+
+Each intent view v is paired with one behaviour view b(v) (``global`` or ``local``); its gate is the
+scalar ``a_v = q_v^T sigmoid(H_b(v) + h~_v)`` and its segment ``H_b(v) * a_v``. A behaviour view that
+no intent view is paired with (an ablation without that view) enters unweighted, so dropping a view
+drops only its LLM signal. ``H_sess = W [segments]`` keeps the base model's hidden size, so the
+base's own prediction layer and loss run unchanged.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Sequence
+
+import torch
+from torch import nn
+
+BEHAVIOURS = ("local", "global")
+
+
+class GatedFusion(nn.Module):
+    def __init__(self, hidden_size: int, views: Sequence[str], pairing: Mapping[str, str]):
+        super().__init__()
+        for view in views:
+            if pairing.get(view) not in BEHAVIOURS:
+                raise ValueError(
+                    f"view_behaviour['{view}'] = {pairing.get(view)!r}; each view in llm4sbr_views "
+                    f"needs one of {BEHAVIOURS}. Fix: set view_behaviour: {{{view}: global}} (or local)."
+                )
+        self.views = list(views)
+        self.pairing = {v: pairing[v] for v in self.views}
+        self.unpaired = [b for b in BEHAVIOURS if b not in self.pairing.values()]
+        self.gates = nn.ModuleDict({v: nn.Linear(hidden_size, 1, bias=False) for v in self.views})
+        n_segments = len(self.views) + len(self.unpaired)
+        self.out = nn.Linear(n_segments * hidden_size, hidden_size, bias=False)
+
+    def forward(self, behaviour: Dict[str, torch.Tensor], intents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        segments = []
+        for view in self.views:
+            h = behaviour[self.pairing[view]]
+            gate = self.gates[view](torch.sigmoid(h + intents[view]))  # [B, 1]
+            segments.append(h * gate)
+        segments.extend(behaviour[b] for b in self.unpaired)
+        return self.out(torch.cat(segments, dim=-1))
