@@ -1,8 +1,10 @@
 """RecBole's Config with the plugin's property files layered in.
 
 Order, lowest first: RecBole's own defaults (overall, the base model's yaml, quick-start presets),
-then the plugin's ``properties/overall.yaml``, ``properties/model/LLM4SBR.yaml`` (LLM4SBR models
-only), ``properties/model/<model>.yaml``, ``properties/dataset/<dataset>.yaml``; above them the
+then the plugin's ``properties/overall.yaml``; for ``LLM4SBR_<Base>`` the plugin's
+``properties/model/<Base>.yaml`` (so stock base and wrapper share hyper-parameters) and
+``properties/model/LLM4SBR.yaml``; then ``properties/model/<model>.yaml`` and
+``properties/dataset/<dataset>.yaml``; above them the
 user's files, ``config_dict`` and ``--key=value`` on the command line, exactly as in RecBole.
 """
 from __future__ import annotations
@@ -52,7 +54,8 @@ class Config(RecBoleConfig):
         if base is not None:
             files.append(os.path.join(RECBOLE_PROPERTIES, "model", f"{base}.yaml"))
         files.append(os.path.join(plugin, "overall.yaml"))
-        if base is not None:
+        if base is not None:  # the base's settings apply to both sides of a comparison
+            files.append(os.path.join(plugin, "model", f"{base}.yaml"))
             files.append(os.path.join(plugin, "model", "LLM4SBR.yaml"))
         files.append(os.path.join(plugin, "model", f"{model}.yaml"))
         dataset_file = os.path.join(plugin, "dataset", f"{dataset}.yaml")

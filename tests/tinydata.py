@@ -1,0 +1,34 @@
+"""A tiny session dataset in the plugin's on-disk format (DESIGN.md), for fast end-to-end tests."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+HEADER = "session_id:token\titem_id_list:token_seq\titem_id:token\n"
+
+
+def write_tiny_dataset(root, name="tiny", n_sessions=120, n_items=30, seed=0, max_len=8):
+    """Sessions drawn from a few item 'topics' so that there is signal to learn; returns the folder."""
+    rng = random.Random(seed)
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    topics = [list(range(1, n_items + 1))[i::3] for i in range(3)]
+    rows = []
+    for s in range(n_sessions):
+        topic = topics[s % 3]
+        length = rng.randint(3, max_len)
+        start = rng.randrange(len(topic))
+        seq = [str(100 + topic[(start + k) % len(topic)]) for k in range(length)]
+        rows.append((f"s{s}", seq[:-1], seq[-1]))
+    cut1, cut2 = int(n_sessions * 0.7), int(n_sessions * 0.85)
+    for part, chunk in (("train", rows[:cut1]), ("valid", rows[cut1:cut2]), ("test", rows[cut2:])):
+        with open(folder / f"{name}.{part}.inter", "w", encoding="utf-8") as f:
+            f.write(HEADER)
+            for sid, prefix, target in chunk:
+                f.write(f"{sid}\t{' '.join(prefix)}\t{target}\n")
+    genres = ["Drama", "Comedy", "Horror"]
+    with open(folder / f"{name}.itemtext", "w", encoding="utf-8") as f:
+        f.write("item_id\ttext\n")
+        for i in range(1, n_items + 1):
+            f.write(f"{100 + i}\tMovie number {i} ({1990 + i % 10}) -- {genres[i % 3]}\n")
+    return folder
