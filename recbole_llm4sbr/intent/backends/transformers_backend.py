@@ -69,7 +69,7 @@ class TransformersBackend(Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         s = self.settings
-        self.model_name = s.get("intent_model")
+        self.model_name = None if s.get("intent_model") is None else str(s.get("intent_model"))
         self.resolved = resolve_model(self.model_name)
         self.max_new_tokens = int(s.get("intent_max_tokens", 32))
         self.temperature = float(s.get("intent_temperature", 0.0) or 0.0)
