@@ -103,5 +103,6 @@ def answer_prompts(
     stats.failed = failed
     stats.wall_s = time.perf_counter() - start
     if failed:
-        log.warning(f"{failed} of {stats.sent} prompts sent got no answer after a retry; they fall back")
+        log.warning(f"{failed} of {stats.sent} prompts sent got no answer after a retry; they fall "
+                    "back to the prefix's last item (not cached: --force retries them)")
     return [answers.get(p) for p in prompts], stats

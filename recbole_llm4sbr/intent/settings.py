@@ -103,8 +103,13 @@ def split_config_files(value: Any) -> List[str]:
     return [str(x) for x in items if str(x).strip()]
 
 
+#: values kept as written: names and ids, where YAML typing would turn "007" into 7
+RAW_KEYS = ("config_files", "dataset", "session")
+
+
 def parse_cli(argv: Sequence[str], flags: Sequence[str] = ()) -> Tuple[Dict[str, Any], List[str]]:
-    """Split ``--key=value`` overrides (typed) from bare ``--flag`` switches named in ``flags``.
+    """Split ``--key=value`` overrides (typed like RecBole, except ``RAW_KEYS``) from bare ``--flag``
+    switches named in ``flags``.
 
     Anything else is a user error: RecBole silently ignores it, which hides typos.
     """
@@ -122,7 +127,7 @@ def parse_cli(argv: Sequence[str], flags: Sequence[str] = ()) -> Tuple[Dict[str,
         key, value = body.split("=", 1)
         if not key:
             raise IntentError(f"unrecognised argument {arg!r}: write settings as --key=value")
-        overrides[key] = value if key == "config_files" else parse_value(value)
+        overrides[key] = value if key in RAW_KEYS else parse_value(value)
     return overrides, seen_flags
 
 

@@ -10,8 +10,8 @@ import re
 import pandas as pd
 
 from recbole_llm4sbr.data.converters.common import (
-    LOGGER, ConversionError, build_dataset, find_raw, group_clicks, malformed, read_lines)
-from recbole_llm4sbr.data.converters.movielens import _data_path
+    LOGGER, ConversionError, build_dataset, data_path_or_default, find_raw, group_clicks,
+    malformed, read_lines)
 
 REVIEWS = "reviews_Beauty_5.json"
 META = "meta_Beauty.json"
@@ -44,7 +44,6 @@ def read_reviews(path):
             items.append(str(rec["asin"]).strip())
             times.append(int(rec["unixReviewTime"]))
         except (TypeError, KeyError, ValueError):
-            del users[len(times):], items[len(times):]
             raise malformed(path, n, line, "a JSON object with reviewerID, asin and "
                                            "unixReviewTime (integer)") from None
     return users, items, times
@@ -85,6 +84,6 @@ def convert_beauty(raw_dir, data_path=None, dataset: str = "beauty-session", *,
     if df.empty:
         raise ConversionError(f"{meta}: none of the {len(set(items))} reviewed items has a title; "
                               f"check that it is the metadata of the same category as {reviews}")
-    return build_dataset(group_clicks(df), titles, _data_path(data_path), dataset, "every",
-                         split=split, min_item_count=min_item_count, max_len=max_len,
+    return build_dataset(group_clicks(df), titles, data_path_or_default(data_path), dataset,
+                         "every", split=split, min_item_count=min_item_count, max_len=max_len,
                          clicks_file=str(reviews), text_file=str(meta), raw=raw)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,7 @@ SPLITS = ("train", "valid", "test")
 INTER_HEADER = "session_id:token\titem_id_list:token_seq\titem_id:token"
 TEXT_HEADER = "item_id\ttext"
 STAT_COLUMNS = ("sessions", "samples", "items", "clicks", "avg_len")
+_SPACE = re.compile(r"\s")
 
 
 class ConversionError(ValueError):
@@ -46,6 +48,14 @@ class Sample(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------
 # raw files
+def data_path_or_default(data_path=None) -> Path:
+    """`data_path`, or the plugin's `dataset/` folder (recbole_llm4sbr.paths) when None."""
+    if data_path is None:
+        from recbole_llm4sbr.paths import default_data_path
+        return default_data_path()
+    return Path(data_path)
+
+
 def find_raw(folder, name: str, how: str) -> Path:
     """`folder/name`, or `folder/name.gz` when only the compressed download is there; a clear error
     saying `how` to get it when neither exists."""
@@ -96,10 +106,11 @@ def group_clicks(clicks: pd.DataFrame) -> list[Session]:
         "time": clicks["time"].to_numpy(),
         "pos": np.arange(len(clicks)),
     }).sort_values(["session", "time", "pos"])
-    groups = df.groupby("session", sort=True)
-    items = groups["item"].agg(tuple)
-    times = groups["time"].max()
-    return [Session(sid, items[sid], float(times[sid])) for sid in items.index]
+    sid = df["session"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]).tolist()
+    ends = starts[1:] + [len(sid)]
+    items, times, sid = df["item"].tolist(), df["time"].tolist(), sid.tolist()
+    return [Session(sid[a], tuple(items[a:b]), float(times[b - 1])) for a, b in zip(starts, ends)]
 
 
 def filter_sessions(sessions: Iterable[Session], min_item_count: int = 5,
@@ -147,7 +158,7 @@ def drop_unseen(splits: Mapping[str, list[Session]], min_len: int = 2):
     """The SR-GNN convention: remove from valid/test sessions every item never clicked in train
     (the model has no embedding for it), then drop the sessions left shorter than `min_len`;
     samples are made afterwards, so no sample has an unseen prefix item or target.
-    Returns (new splits, {split: {"sessions": dropped, "clicks": removed}})."""
+    Returns (new splits, {split: {"clicks": unseen removed, "sessions": dropped}})."""
     seen = {i for s in splits["train"] for i in s.items}
     out, dropped = {"train": list(splits["train"])}, {}
     for name in ("valid", "test"):
@@ -158,7 +169,7 @@ def drop_unseen(splits: Mapping[str, list[Session]], min_len: int = 2):
             if len(items) >= min_len:
                 kept.append(s._replace(items=items))
         out[name] = kept
-        dropped[name] = {"sessions": len(splits[name]) - len(kept), "clicks": clicks}
+        dropped[name] = {"clicks": clicks, "sessions": len(splits[name]) - len(kept)}
     return out, dropped
 
 
@@ -205,10 +216,19 @@ def format_stats_table(stats: Mapping) -> str:
     rows = [("split", *STAT_COLUMNS)]
     for name in (*SPLITS, "all"):
         r = stats[name]
-        rows.append((name, *(f"{r[c]:.2f}" if c == "avg_len" else f"{r[c]:,}" for c in STAT_COLUMNS)))
+        rows.append((name, *(f"{r[c]:.2f}" if c == "avg_len" else f"{r[c]:,}"
+                             for c in STAT_COLUMNS)))
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     lines = [title] + ["  ".join(c.ljust(w) if k == 0 else c.rjust(w)
                                  for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    b = stats.get("raw", {}).get("before_filter")
+    if b:
+        lines.append(f"before filtering: {b['sessions']:,} sessions, {b['clicks']:,} clicks, "
+                     f"{b['items']:,} items")
+    d = stats.get("dropped_unseen")
+    if d:
+        lines.append("items unseen in train: " + "; ".join(
+            f"{n} -{d[n]['clicks']:,} clicks, -{d[n]['sessions']:,} sessions" for n in d))
     return "\n".join(lines)
 
 
@@ -278,14 +298,15 @@ def build_dataset(sessions: Iterable[Session], item_text: Mapping[str, str], dat
     """
     split = _check_split(split)
     if max_len < 1 or min_item_count < 1:
-        raise ValueError(f"max_len and min_item_count must be >= 1, got {max_len}, {min_item_count}")
+        raise ValueError(f"max_len and min_item_count must be >= 1, got {max_len}, "
+                         f"{min_item_count}")
     sessions = list(sessions)
-    for s in sessions:
-        bad = [t for t in (s.id, *s.items) if not t or any(c.isspace() for c in t)]
-        if bad:
-            raise ConversionError(f"{clicks_file}: token {bad[0]!r} (session {s.id!r}) is empty or "
-                                  f"holds whitespace, which the space-separated .inter lists cannot "
-                                  f"carry; fix the ids in the file")
+    tokens = {s.id for s in sessions} | {i for s in sessions for i in s.items}
+    bad = sorted(t for t in tokens if not t or _SPACE.search(t))
+    if bad:
+        raise ConversionError(f"{clicks_file}: id {bad[0]!r} is empty or holds whitespace, which "
+                              f"the space-separated .inter lists cannot carry; fix the ids in "
+                              f"the file")
     before = {"sessions": len(sessions), "clicks": sum(len(s.items) for s in sessions),
               "items": len({i for s in sessions for i in s.items})}
     kept = filter_sessions(sessions, min_item_count)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from recbole_llm4sbr.data.converters.common import (
-    ConversionError, build_dataset, find_raw, group_clicks, malformed, read_lines)
+    ConversionError, build_dataset, data_path_or_default, find_raw, group_clicks, malformed,
+    read_lines)
 
 BUCKET_S = 600
 ML1M_HOW = ("download ml-1m.zip from https://grouplens.org/datasets/movielens/1m/ and unzip it "
@@ -18,13 +19,6 @@ ML1M_HOW = ("download ml-1m.zip from https://grouplens.org/datasets/movielens/1m
 ML100K_HOW = ("it ships inside RecBole's wheel (pip install recbole==1.2.1), or pass "
               "--raw_dir=<folder holding ml-100k.inter and ml-100k.item>")
 DEFAULT_ML100K = "ml-100k-session"
-
-
-def _data_path(data_path) -> Path:
-    if data_path is None:
-        from recbole_llm4sbr.paths import default_data_path
-        return default_data_path()
-    return Path(data_path)
 
 
 def _sessions(users, items, times):
@@ -73,8 +67,8 @@ def convert_ml1m(raw_dir, data_path=None, dataset: str = "ml-1m-session", *,
                  split=(0.8, 0.1, 0.1), min_item_count: int = 5, max_len: int = 50) -> dict:
     """ML-1M -> `<data_path>/<dataset>/` (protocol `last`); returns the statistics."""
     sessions, text, ratings, movies = read_ml1m(raw_dir)
-    return build_dataset(sessions, text, _data_path(data_path), dataset, "last", split=split,
-                         min_item_count=min_item_count, max_len=max_len,
+    return build_dataset(sessions, text, data_path_or_default(data_path), dataset, "last",
+                         split=split, min_item_count=min_item_count, max_len=max_len,
                          clicks_file=str(ratings), text_file=str(movies))
 
 
@@ -138,15 +132,15 @@ def convert_ml100k(raw_dir=None, data_path=None, dataset: str = DEFAULT_ML100K, 
         raise ValueError("dataset 'ml-100k' always resolves to RecBole's own copy; use another "
                          f"name (default {DEFAULT_ML100K!r})")
     sessions, text, inter, item = read_ml100k(raw_dir)
-    return build_dataset(sessions, text, _data_path(data_path), dataset, "last", split=split,
-                         min_item_count=min_item_count, max_len=max_len,
+    return build_dataset(sessions, text, data_path_or_default(data_path), dataset, "last",
+                         split=split, min_item_count=min_item_count, max_len=max_len,
                          clicks_file=str(inter), text_file=str(item))
 
 
 def ensure_default_dataset(data_path=None) -> str:
     """Build `ml-100k-session` into `data_path` unless its stats.json (written last) exists;
     returns the dataset name. Cheap when present: one stat() call."""
-    folder = _data_path(data_path) / DEFAULT_ML100K
-    if not os.path.exists(folder / f"{DEFAULT_ML100K}.stats.json"):
-        convert_ml100k(data_path=_data_path(data_path))
+    data_path = data_path_or_default(data_path)
+    if not os.path.exists(data_path / DEFAULT_ML100K / f"{DEFAULT_ML100K}.stats.json"):
+        convert_ml100k(data_path=data_path)
     return DEFAULT_ML100K

@@ -1,0 +1,388 @@
+"""Stage 1 end to end: benchmark files -> prompts -> answers -> grounded intents -> intent table.
+
+Reads the RecBole benchmark files as plain TSV (stage 1 must not import RecBole), computes each
+sample's ``prefix_key``, and asks the LLM once per (unique prefix, view). ``ensure_intent_table``
+is what stage 2 calls: it returns the table for the current settings, building it only when it is
+missing or stale.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import encoder as enc
+from .backends import get_backend, resolve_backend_name
+from .cache import CACHE_FILE, AnswerCache
+from .clean import clean_answer, fallback_answer
+from .generation import answer_prompts
+from .keys import prefix_key
+from .localization import localize
+from .prompts import build_prompt, check_template, template_version
+from .settings import (
+    FORMAT_VERSION,
+    IntentError,
+    answer_max_chars,
+    dataset_dir,
+    intent_views,
+    normalize_settings,
+    sampling,
+    table_identity,
+    table_tag,
+)
+from .table import read_keys, read_meta, write_intent_table
+
+SPLITS = ("train", "valid", "test")
+_log = logging.getLogger("recbole_llm4sbr.intent")
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One benchmark line: a prefix and its target."""
+
+    split: str
+    session_id: Optional[str]
+    prefix: Tuple[str, ...]
+    target: Optional[str]
+
+    @property
+    def key(self) -> str:
+        return prefix_key(self.prefix)
+
+
+def inter_path(settings: Mapping[str, Any], split: str) -> Path:
+    ds = str(settings["dataset"])
+    return dataset_dir(settings) / f"{ds}.{split}.inter"
+
+
+def itemtext_path(settings: Mapping[str, Any]) -> Path:
+    ds = str(settings["dataset"])
+    return dataset_dir(settings) / f"{ds}.itemtext"
+
+
+def _column(fields: List[str], name: str) -> Optional[int]:
+    for i, f in enumerate(fields):
+        if f.split(":", 1)[0] == name:
+            return i
+    return None
+
+
+def read_split(settings: Mapping[str, Any], split: str) -> List[Sample]:
+    """The samples of ``<ds>.<split>.inter`` (header ``session_id:token item_id_list:token_seq item_id:token``)."""
+    path = inter_path(settings, split)
+    item = str(settings.get("ITEM_ID_FIELD") or "item_id")
+    list_field = item + str(settings.get("LIST_SUFFIX") or "_list")
+    if not path.is_file():
+        raise IntentError(
+            f"benchmark file {path} not found: convert the dataset first (recbole_llm4sbr.data.converters) "
+            f"or point --data_path at the folder that holds {settings['dataset']}/"
+        )
+    samples: List[Sample] = []
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+        col_list = _column(header, list_field)
+        if col_list is None:
+            raise IntentError(f"{path}: the header has no {list_field}:token_seq column (header: {' '.join(header)})")
+        col_sess, col_item = _column(header, "session_id"), _column(header, item)
+        for lineno, line in enumerate(f, start=2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            cols = line.split("\t")
+            if len(cols) <= col_list:
+                raise IntentError(f"{path}, line {lineno}: expected {len(header)} tab-separated columns, got {len(cols)}")
+            prefix = tuple(cols[col_list].split())
+            if not prefix:
+                raise IntentError(f"{path}, line {lineno}: empty {list_field}; every sample needs a non-empty prefix")
+            samples.append(
+                Sample(
+                    split,
+                    cols[col_sess] if col_sess is not None and col_sess < len(cols) else None,
+                    prefix,
+                    cols[col_item] if col_item is not None and col_item < len(cols) else None,
+                )
+            )
+    return samples
+
+
+def read_samples(settings: Mapping[str, Any]) -> List[Sample]:
+    """All samples of the three benchmark files, train then valid then test."""
+    return [s for split in SPLITS for s in read_split(settings, split)]
+
+
+def unique_prefixes(samples: Sequence[Sample]) -> Dict[str, Tuple[str, ...]]:
+    """``{prefix_key: tokens}`` in first-seen order."""
+    out: Dict[str, Tuple[str, ...]] = {}
+    for s in samples:
+        out.setdefault(s.key, s.prefix)
+    return out
+
+
+def read_item_text(settings: Mapping[str, Any]) -> Dict[str, str]:
+    """``{item token: text}`` from ``<ds>.itemtext`` (header ``item_id<TAB>text``)."""
+    path = itemtext_path(settings)
+    if not path.is_file():
+        raise IntentError(f"item text file {path} not found: stage 1 needs it; write it with the data converter for {settings['dataset']}")
+    texts: Dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n")
+        if not header:
+            raise IntentError(f"item text file {path} is empty: expected a header 'item_id<TAB>text' and one line per item")
+        if header.split("\t")[0].split(":")[0] != "item_id" or "\t" not in header:
+            raise IntentError(f"item text file {path} is malformed: its first line must be the header 'item_id<TAB>text', got {header[:80]!r}")
+        for lineno, line in enumerate(f, start=2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            if "\t" not in line:
+                raise IntentError(f"item text file {path} is malformed at line {lineno}: expected 'item_id<TAB>text', got {line[:80]!r}")
+            tok, text = line.split("\t", 1)
+            texts[tok.strip()] = text.strip()
+    if not texts:
+        raise IntentError(f"item text file {path} has no items: expected one 'item_id<TAB>text' line per item")
+    return texts
+
+
+def check_item_text(settings: Mapping[str, Any], prefixes: Mapping[str, Sequence[str]], texts: Mapping[str, str]) -> None:
+    missing = sorted({t for p in prefixes.values() for t in p if t not in texts})
+    if missing:
+        shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise IntentError(
+            f"{len(missing)} item tokens used in the sessions of {settings['dataset']} have no text in "
+            f"{itemtext_path(settings)} ({shown}): add an 'item_id<TAB>text' line for each, or re-run the data converter"
+        )
+
+
+def file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---- which prefixes get an LLM call ---------------------------------------------------------------
+
+
+def plan_llm_calls(settings: Mapping[str, Any], prefixes: Mapping[str, Sequence[str]], logger: Optional[logging.Logger] = None) -> Dict[str, str]:
+    """``{prefix key: key of the prefix whose answers it uses}``: the ONE place that decides which
+    prefixes are sent to the LLM (the values). ``all``: every prefix answers for itself.
+
+    ``typical`` (EIMF: cluster the prefixes, ask the LLM about exemplars only, within
+    ``intent_budget``) will map each prefix to its cluster's exemplar here; nothing else changes.
+    """
+    mode = str(settings.get("intent_samples") or "all")
+    if mode == "all":
+        return {k: k for k in prefixes}
+    if mode == "typical":
+        raise IntentError("intent_samples: typical (EIMF exemplars) is not implemented yet: use intent_samples: all")
+    raise IntentError(f"unknown intent_samples {mode!r}: choose all or typical")
+
+
+# ---- the table ------------------------------------------------------------------------------------
+
+
+def table_folder(settings: Mapping[str, Any], backend: str) -> Path:
+    """``<data_path>/<ds>/intent/<tag>/``."""
+    return dataset_dir(settings) / "intent" / table_tag(settings, backend)
+
+
+def _summary_lines(summary: Mapping[str, Any]) -> str:
+    width = max(len(k) for k in summary)
+    rows = []
+    for k, v in summary.items():
+        rows.append(f"  {k:<{width}}  {v:.2f} s" if k.startswith("time ") else f"  {k:<{width}}  {v}")
+    return "\n".join(rows)
+
+
+def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, backend_name: Optional[str] = None) -> Path:
+    """Build (or rebuild) the intent table for ``settings["dataset"]`` and return its folder."""
+    log = logger or _log
+    settings = normalize_settings(settings)
+    progress = bool(settings.get("show_progress", True))
+    backend_name = backend_name or resolve_backend_name(settings, log)
+    views = intent_views(settings)
+    template = str(settings.get("intent_template") or "")
+    check_template(template, len(views))
+    tv = template_version(template)
+    folder = table_folder(settings, backend_name)
+    timings: Dict[str, float] = {}
+
+    # prompting: inputs and one prompt per (LLM prefix, view)
+    t0 = time.perf_counter()
+    samples = read_samples(settings)
+    prefixes = unique_prefixes(samples)
+    texts = read_item_text(settings)
+    check_item_text(settings, prefixes, texts)
+    plan = plan_llm_calls(settings, prefixes, log)
+    asked = list(dict.fromkeys(plan.values()))
+    view_names = list(views)
+    prompts = [build_prompt(template, prefixes[k], texts, views[v]) for k in asked for v in view_names]
+    timings["prompting"] = time.perf_counter() - t0
+    log.info(
+        f"stage 1 for {settings['dataset']}: {len(samples)} samples, {len(prefixes)} unique prefixes, "
+        f"{len(asked)} x {len(view_names)} views = {len(prompts)} prompts, backend {backend_name} -> {folder}"
+    )
+
+    # LLM
+    t0 = time.perf_counter()
+    backend = get_backend(settings, log, name=backend_name)
+    try:
+        info = backend.describe()
+        cache = AnswerCache(dataset_dir(settings) / "intent" / CACHE_FILE, info, tv)
+        try:
+            answers, gstats = answer_prompts(
+                backend, prompts, cache, int(settings.get("intent_batch_size") or 32), logger=log, progress=progress
+            )
+        finally:
+            cache.close()
+    finally:
+        backend.close()  # frees the GPU for the encoder
+    timings["LLM"] = time.perf_counter() - t0
+
+    # cleaning + fallback (never a silent empty answer)
+    item_ids = frozenset(texts)
+    max_chars = answer_max_chars(settings)
+    cleaned: Dict[Tuple[str, str], str] = {}
+    fell_back: Dict[Tuple[str, str], str] = {}
+    n_empty = n_failed = 0
+    for (k, v), ans in zip(((k, v) for k in asked for v in view_names), answers):
+        text = clean_answer(ans, max_chars, item_ids) if ans is not None else ""
+        if not text:
+            last = prefixes[k][-1]
+            text = fallback_answer(texts.get(last) or last)
+            fell_back[(k, v)] = "failed" if ans is None else "empty"
+            n_failed += ans is None
+            n_empty += ans is not None
+        cleaned[(k, v)] = text
+    if fell_back:
+        log.warning(
+            f"{len(fell_back)} answers fell back to the text of the prefix's last item "
+            f"({n_empty} empty after cleaning, {n_failed} failed)"
+        )
+
+    # encoding: unique answer texts and the catalogue, with the same encoder
+    t0 = time.perf_counter()
+    model = enc.load_encoder(str(settings.get("intent_encoder")), settings.get("intent_encoder_device") or settings.get("intent_device"))
+    bs = int(settings.get("intent_encoder_batch_size") or 256)
+    uniq_answers = list(dict.fromkeys(cleaned.values()))
+    a_row = {t: i for i, t in enumerate(uniq_answers)}
+    catalogue = list(texts)
+    a_emb = enc.encode(model, uniq_answers, bs, progress, desc="encode answers")
+    i_emb = enc.encode(model, [texts[t] or t for t in catalogue], bs, progress, desc="encode items")
+    timings["encoding"] = time.perf_counter() - t0
+
+    # localization (Eq. 4-5) on unique answers, then scattered into [n_keys, n_views, d]
+    t0 = time.perf_counter()
+    topr = int(settings.get("intent_topr") or 0)
+    loc, idx, sims = localize(a_emb, i_emb, topr, int(settings.get("intent_faiss_threshold") or 200_000), log)
+    keys = list(prefixes)
+    d = a_emb.shape[1]
+    vectors = np.empty((len(keys), len(view_names), d), dtype=np.float32)
+    raw = np.empty_like(vectors)
+    records = []
+    for r, k in enumerate(keys):
+        src = plan[k]
+        rec: Dict[str, Any] = {"key": k, "prefix": list(prefixes[k]), "views": {}}
+        for j, v in enumerate(view_names):
+            text = cleaned[(src, v)]
+            a = a_row[text]
+            vectors[r, j] = loc[a]
+            raw[r, j] = a_emb[a]
+            entry: Dict[str, Any] = {
+                "answer": text,
+                "items": [catalogue[i] for i in idx[a]],
+                "sims": [round(float(s), 6) for s in sims[a]],
+            }
+            if (src, v) in fell_back:
+                entry["fallback"] = fell_back[(src, v)]
+            rec["views"][v] = entry
+        if src != k:
+            rec["from"] = src
+        records.append(rec)
+    timings["localization"] = time.perf_counter() - t0
+
+    summary: Dict[str, Any] = {
+        "samples": len(samples),
+        "unique prefixes": len(prefixes),
+        "prompts total": len(samples) * len(view_names),
+        "prompts unique": gstats.unique,
+        "from cache": gstats.from_cache,
+        "sent": gstats.sent,
+        "failed": gstats.failed,
+        "fallbacks": len(fell_back),
+        "fallbacks empty": n_empty,
+        "time prompting": timings["prompting"],
+        "time LLM": timings["LLM"],
+        "time encoding": timings["encoding"],
+        "time localization": timings["localization"],
+    }
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "dataset": str(settings["dataset"]),
+        "views": view_names,
+        "qualifiers": views,
+        "backend": backend_name,
+        "backend_info": info,
+        "template": template,
+        "template_version": tv,
+        "sampling": sampling(settings),
+        "encoder": str(settings.get("intent_encoder")),
+        "encoder_path": enc.resolve_encoder(str(settings.get("intent_encoder"))),
+        "topr": topr,
+        "intent_samples": str(settings.get("intent_samples") or "all"),
+        "answer_max_chars": max_chars,
+        "itemtext_sha1": file_sha1(itemtext_path(settings)),
+        "table_settings": table_identity(settings, backend_name),
+        "summary": summary,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    t0 = time.perf_counter()
+    write_intent_table(folder, meta, keys, vectors, raw, records)
+    log.info(
+        f"intent table written to {folder} ({time.perf_counter() - t0:.2f} s)\n"
+        f"stage 1 summary ({settings['dataset']}, backend {backend_name}):\n{_summary_lines(summary)}"
+    )
+    return folder
+
+
+def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Optional[str]:
+    """Why the table in ``folder`` cannot serve these settings and dataset files, or None if it can."""
+    meta = read_meta(folder)
+    if meta is None:
+        return "missing"
+    if meta.get("table_settings") != table_identity(settings, backend):
+        return "stale: its settings differ from the current ones"
+    try:
+        if meta.get("itemtext_sha1") != file_sha1(itemtext_path(settings)):
+            return f"stale: {itemtext_path(settings).name} changed since it was built"
+        have = set(read_keys(folder))
+    except FileNotFoundError as e:
+        return f"stale: {Path(e.filename).name if e.filename else 'a file'} is missing"
+    need = unique_prefixes(read_samples(settings))
+    lacking = [k for k in need if k not in have]
+    if lacking:
+        return f"stale: {len(lacking)} of the dataset's {len(need)} prefixes are not in it"
+    return None
+
+
+def ensure_intent_table(settings: Any, logger: Optional[logging.Logger] = None) -> Path:
+    """The intent table folder for the current settings, built first when missing or stale."""
+    log = logger or _log
+    settings = normalize_settings(settings)
+    backend = resolve_backend_name(settings, log)
+    folder = table_folder(settings, backend)
+    reason = stale_reason(settings, folder, backend)
+    if reason is None:
+        log.info(f"intent table up to date: {folder}")
+        return folder
+    log.info(f"intent table {folder} {reason}: building it")
+    return build_intent_table(settings, log, backend_name=backend)

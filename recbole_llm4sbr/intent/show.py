@@ -1,0 +1,60 @@
+"""``python -m recbole_llm4sbr.intent show``: what stage 1 made of one session.
+
+For every sample of a session id: the prompt the LLM saw, each view's (cleaned) answer and the
+catalogue items it was grounded in, with their similarities. Reads an existing table only: showing
+never starts a build.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping, Optional, TextIO
+
+from .backends import resolve_backend_name
+from .pipeline import read_item_text, read_samples, table_folder
+from .prompts import build_prompt
+from .settings import IntentError, intent_views, normalize_settings
+from .table import load_intent_table, read_meta
+
+
+def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[TextIO] = None) -> int:
+    """Print the samples of ``session_id`` to ``out``; returns how many there were."""
+    out = out or sys.stdout
+    settings = normalize_settings(settings)
+    sid = str(session_id)
+    backend = resolve_backend_name(settings)
+    folder = table_folder(settings, backend)
+    if read_meta(folder) is None:
+        raise IntentError(
+            f"no intent table for these settings at {folder}: build it first with "
+            f"python -m recbole_llm4sbr.intent --dataset={settings['dataset']} (and the same settings)"
+        )
+    samples = read_samples(settings)
+    mine = [s for s in samples if s.session_id == sid]
+    if not mine:
+        examples = ", ".join(list(dict.fromkeys(s.session_id for s in samples if s.session_id))[:5])
+        raise IntentError(f"session {sid!r} is not in the benchmark files of {settings['dataset']}: pass one of its session_id values (e.g. {examples})")
+    texts = read_item_text(settings)
+    table = load_intent_table(folder, mmap=True)
+    records = {r["key"]: r for r in table.answers({s.key for s in mine})}
+    views = intent_views(settings)
+    template = table.meta.get("template", settings.get("intent_template", ""))
+    w = out.write
+    w(f"intent table: {folder}\nbackend: {table.meta.get('backend')} {table.meta.get('backend_info')}\n")
+    for n, s in enumerate(mine, start=1):
+        target = f"{s.target} ({texts.get(s.target, '?')})" if s.target is not None else "-"
+        w(f"\n=== sample {n}/{len(mine)}: session {sid}, split {s.split}, prefix of {len(s.prefix)} items, "
+          f"target {target}, prefix key {s.key}\n")
+        first = next(iter(views))
+        w(f"--- prompt (view {first}; the other views differ only in the qualifier)\n")
+        w(build_prompt(template, s.prefix, texts, views[first]) + "\n")
+        rec = records.get(s.key)
+        if rec is None:
+            w("(this prefix is not in the table: it is stale, rebuild it)\n")
+            continue
+        for v in table.views:
+            e = rec["views"].get(v, {})
+            note = f"  [fallback: {e['fallback']}]" if e.get("fallback") else ""
+            w(f"--- view {v} ({table.meta.get('qualifiers', {}).get(v, v)}): {e.get('answer', '')!r}{note}\n")
+            for rank, (tok, sim) in enumerate(zip(e.get("items", []), e.get("sims", [])), start=1):
+                w(f"    {rank}. {sim:.4f}  {tok}  {texts.get(tok, '?')}\n")
+    return len(mine)

@@ -1,0 +1,168 @@
+"""The intent table on disk (DESIGN.md, "Intent table"): stage 1's only output, stage 2's only input.
+
+A table is a folder: ``meta.json``, ``keys.txt`` (row order), ``vectors.npy`` and ``raw.npy``
+(float32 ``[n_keys, n_views, d_text]``) and ``answers.jsonl`` (what the LLM said and where it was
+grounded, for inspection). It is written into a temporary sibling folder and renamed into place, so
+a reader sees the old table or the new one, never half of one, and a killed writer leaves the old
+table intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+META, KEYS, VECTORS, RAW, ANSWERS = "meta.json", "keys.txt", "vectors.npy", "raw.npy", "answers.jsonl"
+TABLE_FILES = (META, KEYS, VECTORS, RAW, ANSWERS)
+
+
+def keys_sha1(keys: Iterable[str]) -> str:
+    """sha1 of the sorted keys, newline-joined (``meta["keys_sha1"]``)."""
+    return hashlib.sha1("\n".join(sorted(keys)).encode("utf-8")).hexdigest()
+
+
+def write_intent_table(
+    folder: Path | str,
+    meta: Mapping[str, Any],
+    keys: Sequence[str],
+    vectors: np.ndarray,
+    raw: np.ndarray,
+    records: Iterable[Mapping[str, Any]],
+) -> Path:
+    """Write the table atomically into ``folder`` (replacing an older one) and return it.
+
+    ``meta`` is completed with ``n_keys``, ``keys_sha1``, ``d_text`` and ``views`` checks.
+    """
+    folder = Path(folder)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    raw = np.ascontiguousarray(raw, dtype=np.float32)
+    if vectors.ndim != 3 or vectors.shape != raw.shape or vectors.shape[0] != len(keys):
+        raise ValueError(f"vectors {vectors.shape} / raw {raw.shape} must both be [n_keys={len(keys)}, n_views, d]")
+    if len(meta.get("views", ())) != vectors.shape[1]:
+        raise ValueError(f"meta['views'] names {len(meta.get('views', ()))} views, the arrays hold {vectors.shape[1]}")
+    if any("\n" in k or not k for k in keys) or len(set(keys)) != len(keys):
+        raise ValueError("keys must be unique, non-empty and without newlines")
+    meta = dict(meta)
+    meta.update(n_keys=len(keys), keys_sha1=keys_sha1(keys), d_text=int(vectors.shape[2]))
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        with open(tmp / KEYS, "w", encoding="utf-8") as f:
+            f.writelines(k + "\n" for k in keys)
+        np.save(tmp / VECTORS, vectors)
+        np.save(tmp / RAW, raw)
+        with open(tmp / ANSWERS, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        # meta last: a folder with meta.json is complete
+        with open(tmp / META, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, ensure_ascii=False, default=str)
+        _fsync_dir_files(tmp)
+        _swap_into_place(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _fsync_dir_files(folder: Path) -> None:
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _swap_into_place(tmp: Path, folder: Path) -> None:
+    """Rename ``tmp`` to ``folder``; an existing ``folder`` is moved aside first, then removed."""
+    old = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(folder, old)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        if old is not None and not folder.exists():
+            os.replace(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(folder: Path | str) -> Optional[Dict[str, Any]]:
+    """``meta.json`` of a table folder, or None when there is no complete table there."""
+    try:
+        with open(Path(folder) / META, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+def read_keys(folder: Path | str) -> List[str]:
+    with open(Path(folder) / KEYS, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+class IntentTable:
+    """A loaded intent table. ``row(key)`` is the row of a prefix key in ``vectors`` and ``raw``."""
+
+    def __init__(self, path: Path, meta: Dict[str, Any], keys: List[str], vectors: np.ndarray, raw: np.ndarray):
+        self.path = Path(path)
+        self.meta = meta
+        self.keys = keys
+        self.views: List[str] = list(meta["views"])
+        self.vectors = vectors
+        self.raw = raw
+        self._index = {k: i for i, k in enumerate(keys)}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def row(self, key: str) -> int:
+        """Row index of ``key``; KeyError naming the table when the prefix is not in it."""
+        try:
+            return self._index[key]
+        except KeyError:
+            raise KeyError(f"prefix key {key!r} is not in the intent table {self.path}: rebuild it (python -m recbole_llm4sbr.intent --dataset=... --force)") from None
+
+    def view_index(self, view: str) -> int:
+        try:
+            return self.views.index(view)
+        except ValueError:
+            raise KeyError(f"view {view!r} is not in the intent table {self.path} (views: {', '.join(self.views)})") from None
+
+    def answers(self, keys: Optional[Iterable[str]] = None) -> Iterator[Dict[str, Any]]:
+        """The ``answers.jsonl`` records (only those of ``keys`` when given), streamed."""
+        wanted = None if keys is None else set(keys)
+        prefilter = wanted is not None and len(wanted) <= 64  # substring test before parsing: show's case
+        with open(self.path / ANSWERS, encoding="utf-8") as f:
+            for line in f:
+                if prefilter and not any(k in line for k in wanted):
+                    continue
+                rec = json.loads(line)
+                if wanted is None or rec["key"] in wanted:
+                    yield rec
+
+
+def load_intent_table(path: Path | str, mmap: bool = False) -> IntentTable:
+    """Load the table folder ``path`` (``mmap=True`` maps the arrays instead of reading them)."""
+    path = Path(path)
+    meta = read_meta(path)
+    if meta is None:
+        raise FileNotFoundError(f"no intent table at {path} (meta.json missing): build it with python -m recbole_llm4sbr.intent --dataset=<ds>")
+    keys = read_keys(path)
+    mode = "r" if mmap else None
+    vectors = np.load(path / VECTORS, mmap_mode=mode)
+    raw = np.load(path / RAW, mmap_mode=mode)
+    if len(keys) != meta.get("n_keys", len(keys)) or vectors.shape[0] != len(keys) or raw.shape != vectors.shape:
+        raise ValueError(f"intent table {path} is inconsistent (keys {len(keys)}, vectors {vectors.shape}, raw {raw.shape}): rebuild it")
+    return IntentTable(path, meta, keys, vectors, raw)

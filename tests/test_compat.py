@@ -1,0 +1,67 @@
+"""One test per shim in recbole_llm4sbr.compat: each fails if its shim is removed."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recbole_llm4sbr import compat
+from tinydata import write_tiny_dataset
+
+
+def recbole_config(tmp_path):
+    from recbole.config import Config
+
+    return Config(model="SRGNN", dataset="tiny", config_dict={"data_path": str(tmp_path), "gpu_id": "", "train_neg_sample_args": None})
+
+
+def test_numpy_aliases_let_recbole_config_build_on_numpy2(monkeypatch, tmp_path):
+    # Simulate numpy 2: the aliases RecBole's Config.compatibility_settings reads are gone.
+    for alias in ("float_", "complex_", "unicode_"):
+        monkeypatch.delattr(np, alias, raising=False)
+    with pytest.raises(AttributeError):
+        recbole_config(tmp_path)
+    compat.numpy_aliases()
+    config = recbole_config(tmp_path)
+    assert config["model"] == "SRGNN"
+    assert np.float_ is np.float64 and np.float is np.float64  # the latter set by RecBole from ours
+
+
+def _train_and_reload(tmp_path):
+    from recbole_llm4sbr.quick_start import run_recbole_llm4sbr
+
+    write_tiny_dataset(tmp_path)
+    return run_recbole_llm4sbr(
+        model="GRU4Rec", dataset="tiny", read_cmd_line=False,
+        config_dict={"data_path": str(tmp_path), "epochs": 1, "show_progress": False,
+                     "checkpoint_dir": str(tmp_path / "saved"), "state": "WARNING"})
+
+
+def test_torch_full_checkpoint_load_lets_best_epoch_reload(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6):
+        with pytest.raises(Exception, match="[Ww]eights only load failed"):
+            _train_and_reload(tmp_path)
+    compat.torch_full_checkpoint_load()
+    result = _train_and_reload(tmp_path)
+    assert "recall@20" in result["test_result"]
+
+
+def test_pandas_guard_names_the_fix(monkeypatch):
+    monkeypatch.setattr(pd, "__version__", "3.0.1")
+    with pytest.raises(ImportError, match=r"pandas>=2.2,<3"):
+        compat.pandas_below_3()
+    monkeypatch.setattr(pd, "__version__", "2.3.3")
+    compat.pandas_below_3()
+
+
+def test_plugin_never_imports_recbole_quick_start():
+    code = ("import sys; import recbole_llm4sbr.quick_start, recbole_llm4sbr.model; "
+            "from recbole_llm4sbr.utils import get_model; get_model('LLM4SBR_SRGNN'); "
+            "assert 'recbole.quick_start' not in sys.modules, 'recbole.quick_start was imported'; "
+            "assert 'ray' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
