@@ -315,7 +315,7 @@ def build_dataset(sessions: Iterable[Session], item_text: Mapping[str, str], dat
             f"{clicks_file}: no session left after filtering ({before['sessions']} sessions, "
             f"{before['clicks']} clicks read; items need >= {min_item_count} clicks and sessions "
             f">= 2 items): check the file, or lower --min_item_count")
-    texts = {i: clean_text(item_text.get(i)) for s in kept for i in s.items}
+    texts = {i: clean_text(item_text.get(i)) for i in {i for s in kept for i in s.items}}
     missing = sorted((i for i, t in texts.items() if not t), key=_natural)
     if missing:
         raise ConversionError(

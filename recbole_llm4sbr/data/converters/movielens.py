@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ ML1M_HOW = ("download ml-1m.zip from https://grouplens.org/datasets/movielens/1m
 ML100K_HOW = ("it ships inside RecBole's wheel (pip install recbole==1.2.1), or pass "
               "--raw_dir=<folder holding ml-100k.inter and ml-100k.item>")
 DEFAULT_ML100K = "ml-100k-session"
+_RATING = re.compile(r"\s*(\d+)::(\d+)::[-+]?\d+(?:\.\d*)?::(\d+)\s*")
 
 
 def _sessions(users, items, times):
@@ -47,12 +49,12 @@ def read_ml1m(raw_dir):
     movies = find_raw(raw_dir, "movies.dat", ML1M_HOW)
     users, items, times = [], [], []
     for n, line in read_lines(ratings, "latin-1"):
-        parts = line.split("::")
-        if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-            raise malformed(ratings, n, line, "UserID::MovieID::Rating::Timestamp (integers)")
-        users.append(parts[0].strip())
-        items.append(parts[1].strip())
-        times.append(int(parts[3]))
+        m = _RATING.fullmatch(line)
+        if m is None:
+            raise malformed(ratings, n, line, "UserID::MovieID::Rating::Timestamp (numbers)")
+        users.append(m.group(1))
+        items.append(m.group(2))
+        times.append(int(m.group(3)))
     text = {}
     for n, line in read_lines(movies, "latin-1"):
         head, sep, rest = line.partition("::")
