@@ -231,7 +231,7 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
         "clean_version": CLEAN_VERSION,
         "backend": backend,
         "backend_settings": {k: settings.get(k) for k in BACKEND_KEYS.get(backend, _DEFAULT_BACKEND_KEYS)},
-        "views": intent_views(settings),
+        "views": [[v, q] for v, q in intent_views(settings).items()],  # a list: the order matters
         "template_version": template_version(template),
         "encoder": str(settings.get("intent_encoder")),
         "topr": int(settings.get("intent_topr") or 0),
@@ -240,7 +240,8 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
     }
     if samples != "all":
         ident["budget"] = settings.get("intent_budget")
-    return ident
+    # through JSON, so it compares equal to the copy read back from meta.json
+    return json.loads(json.dumps(ident, default=str))
 
 
 def table_tag(settings: Mapping[str, Any], backend: str) -> str:

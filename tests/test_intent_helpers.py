@@ -1,0 +1,110 @@
+"""Shared helpers of the stage-1 tests: a tiny benchmark dataset and fake backends.
+
+(Named test_intent_* so it belongs to the stage-1 tests; it holds no tests itself.)
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from recbole_llm4sbr.intent.backends.base import Backend
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(HERE) not in sys.path:  # lets the registry import fake backends as "test_intent_helpers:..."
+    sys.path.insert(0, str(HERE))
+
+DS = "tiny"
+ITEMS: Dict[str, str] = {
+    "1": "Toy Story (1995) -- Animation|Comedy",
+    "2": "Jumanji (1995) -- Adventure|Children",
+    "3": "Heat (1995) -- Action|Crime",
+    "4": "Casino (1995) -- Crime|Drama",
+    "5": "Sense and Sensibility (1995) -- Drama|Romance",
+    "6": "Babe (1995) -- Children|Comedy",
+    "7": "Se7en (1995) -- Crime|Thriller",
+    "8": "Apollo 13 (1995) -- Drama",
+}
+#: split -> (session_id, prefix, target)
+SPLIT_ROWS = {
+    "train": [("1", "1", "2"), ("1", "1 2", "3"), ("2", "4", "5"), ("2", "4 5", "6"), ("3", "1", "2"), ("3", "1 2", "7")],
+    "valid": [("4", "2 3", "8")],
+    "test": [("5", "5 6", "7"), ("5", "5 6 7", "8")],
+}
+HEADER = "session_id:token\titem_id_list:token_seq\titem_id:token\n"
+
+
+def write_dataset(root: Path, ds: str = DS, items: Dict[str, str] = None, rows=None) -> Path:
+    """``root/<ds>/`` with the three .inter files and the .itemtext (DESIGN.md format)."""
+    folder = Path(root) / ds
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, lines in (rows or SPLIT_ROWS).items():
+        with open(folder / f"{ds}.{split}.inter", "w", encoding="utf-8") as f:
+            f.write(HEADER)
+            f.writelines(f"{s}\t{p}\t{t}\n" for s, p, t in lines)
+    with open(folder / f"{ds}.itemtext", "w", encoding="utf-8") as f:
+        f.write("item_id\ttext\n")
+        f.writelines(f"{k}\t{v}\n" for k, v in (ITEMS if items is None else items).items())
+    return folder
+
+
+def unique_prefix_count() -> int:
+    return len({p for lines in SPLIT_ROWS.values() for _, p, _ in lines})
+
+
+def base_settings(root: Path, **kw: Any) -> Dict[str, Any]:
+    """Settings for the tiny dataset: text backend, no progress bars."""
+    from recbole_llm4sbr.intent import load_settings
+
+    over = {"data_path": str(root), "intent_backend": "text", "show_progress": False}
+    over.update(kw)
+    return load_settings(dataset=DS, overrides=over)
+
+
+class EchoBackend(Backend):
+    """Answers ``answer:<prompt's last line>``-ish strings and records every prompt it is sent."""
+
+    name = "echo"
+    sent: List[str] = []
+
+    def describe(self) -> Dict[str, Any]:
+        return {"backend": "echo", "temperature": self.settings.get("intent_temperature")}
+
+    def generate(self, prompts: Sequence[str]) -> List[str]:
+        type(self).sent.extend(prompts)
+        return [f"Answer: {p.splitlines()[0][:40]}" for p in prompts]
+
+
+class EmptyBackend(Backend):
+    """Answers nothing useful: every answer cleans to "" (exercises the fallback)."""
+
+    name = "empty"
+
+    def describe(self) -> Dict[str, Any]:
+        return {"backend": "empty"}
+
+    def generate(self, prompts: Sequence[str]) -> List[str]:
+        return ["assistant\n\n**1.** \"\"" for _ in prompts]
+
+
+class FailingBackend(Backend):
+    """Raises on every call (exercises retry-then-fallback)."""
+
+    name = "failing"
+    calls = 0
+
+    def describe(self) -> Dict[str, Any]:
+        return {"backend": "failing"}
+
+    def generate(self, prompts: Sequence[str]) -> List[str]:
+        type(self).calls += 1
+        raise RuntimeError("model fell over")
+
+
+def subprocess_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
