@@ -68,6 +68,14 @@ def resolve_device(device: Optional[str]) -> str:
         return "cpu"
 
 
+def set_cpu_threads(n: Any) -> None:
+    """Honour ``torch_num_threads`` (overall.yaml): one thread is often faster on small shared CPUs."""
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
 def load_encoder(name: str, device: Optional[str] = None) -> Any:
     """A ``SentenceTransformer`` for ``name`` (loaded once per process and device)."""
     path = resolve_encoder(name)

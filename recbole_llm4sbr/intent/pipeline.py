@@ -271,6 +271,7 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
 
     # encoding: unique answer texts and the catalogue, with the same encoder
     t0 = time.perf_counter()
+    enc.set_cpu_threads(settings.get("torch_num_threads"))
     model = enc.load_encoder(str(settings.get("intent_encoder")), settings.get("intent_encoder_device") or settings.get("intent_device"))
     bs = int(settings.get("intent_encoder_batch_size") or 256)
     uniq_answers = list(dict.fromkeys(cleaned.values()))
