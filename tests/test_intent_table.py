@@ -1,0 +1,82 @@
+"""The intent table on disk: round trip, atomic replacement, no temp folders left behind."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_llm4sbr.intent import IntentTable, load_intent_table
+from recbole_llm4sbr.intent.table import keys_sha1, read_meta, write_intent_table
+
+torch.set_num_threads(1)
+
+
+def _table(n=3, v=2, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    keys = [f"{i:016x}" for i in range(n)]
+    vec = rng.normal(size=(n, v, d)).astype(np.float32)
+    raw = rng.normal(size=(n, v, d)).astype(np.float32)
+    views = ["long", "short"][:v]
+    meta = {"format_version": 1, "dataset": "tiny", "views": views}
+    recs = [{"key": k, "prefix": [str(i)], "views": {w: {"answer": f"a{i}{w}", "items": ["1"], "sims": [0.5]} for w in views}}
+            for i, k in enumerate(keys)]
+    return meta, keys, vec, raw, recs
+
+
+def test_round_trip(tmp_path):
+    meta, keys, vec, raw, recs = _table()
+    folder = write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs)
+    assert sorted(p.name for p in folder.iterdir()) == ["answers.jsonl", "keys.txt", "meta.json", "raw.npy", "vectors.npy"]
+    t = load_intent_table(folder)
+    assert isinstance(t, IntentTable)
+    assert t.keys == keys and t.views == ["long", "short"] and len(t) == 3
+    np.testing.assert_array_equal(t.vectors, vec)
+    np.testing.assert_array_equal(t.raw, raw)
+    assert t.vectors.dtype == np.float32
+    assert t.meta["n_keys"] == 3 and t.meta["d_text"] == 4 and t.meta["keys_sha1"] == keys_sha1(keys)
+    assert t.row(keys[2]) == 2 and keys[1] in t and t.view_index("short") == 1
+    with pytest.raises(KeyError, match="rebuild"):
+        t.row("nope")
+    assert [r["key"] for r in t.answers()] == keys
+    assert [r["views"]["short"]["answer"] for r in t.answers([keys[1]])] == ["a1short"]
+    tm = load_intent_table(folder, mmap=True)
+    np.testing.assert_array_equal(tm.vectors[1], vec[1])
+    with open(folder / "answers.jsonl") as f:
+        assert json.loads(f.readline())["prefix"] == ["0"]
+
+
+def test_replace_is_atomic_and_leaves_no_temp_dirs(tmp_path):
+    meta, keys, vec, raw, recs = _table()
+    write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs)
+    meta2, keys2, vec2, raw2, recs2 = _table(n=5, seed=1)
+    write_intent_table(tmp_path / "t", meta2, keys2, vec2, raw2, recs2)
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
+    assert load_intent_table(tmp_path / "t").keys == keys2
+
+    def exploding():
+        yield recs[0]
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_intent_table(tmp_path / "t", meta, keys, vec, raw, exploding())
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]  # temp folder removed
+    assert load_intent_table(tmp_path / "t").keys == keys2  # old table intact
+
+
+def test_shape_checks(tmp_path):
+    meta, keys, vec, raw, recs = _table()
+    with pytest.raises(ValueError):
+        write_intent_table(tmp_path / "t", meta, keys[:2], vec, raw, recs)
+    with pytest.raises(ValueError):
+        write_intent_table(tmp_path / "t", {**meta, "views": ["long"]}, keys, vec, raw, recs)
+    with pytest.raises(ValueError):
+        write_intent_table(tmp_path / "t", meta, [keys[0]] * 3, vec, raw, recs)
+    assert not (tmp_path / "t").exists()
+
+
+def test_missing_table(tmp_path):
+    assert read_meta(tmp_path / "nothing") is None
+    with pytest.raises(FileNotFoundError, match="no intent table"):
+        load_intent_table(tmp_path / "nothing")
