@@ -1,0 +1,93 @@
+"""The backend registry: names, lazy imports, and what ``auto`` picks (one log line saying why)."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import pytest
+import torch
+
+import recbole_llm4sbr.intent.backends as backends
+from recbole_llm4sbr.intent.backends import REGISTRY, backend_class, get_backend, resolve_backend_name
+from recbole_llm4sbr.intent.backends.base import Backend
+from recbole_llm4sbr.intent.backends.text import TextBackend
+from recbole_llm4sbr.intent.settings import IntentError
+
+torch.set_num_threads(1)
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(IntentError) as e:
+        resolve_backend_name({"intent_backend": "gpt5"})
+    msg = str(e.value)
+    assert "'gpt5'" in msg and all(n in msg for n in ("auto", "text", "transformers", "vllm", "openai"))
+
+
+def test_text_backend_by_name():
+    b = get_backend({"intent_backend": "text"})
+    assert isinstance(b, TextBackend) and b.name == "text"
+
+
+@pytest.mark.parametrize("name", ["transformers", "openai"])
+def test_llm_backends_are_registered_subclasses(name):
+    module = REGISTRY[name].split(":")[0]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} not written yet")
+    assert issubclass(backend_class(name), Backend)
+
+
+def test_missing_package_names_it(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "ghost", "no_such_package_xyz.mod:Ghost")
+    with pytest.raises(IntentError, match="no_such_package_xyz"):
+        backend_class("ghost")
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend hardware: set .cuda, .vllm, .packaged."""
+
+    class M:
+        cuda = vllm = packaged = False
+
+    m = M()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(backends, "_cuda_available", lambda: m.cuda)
+    monkeypatch.setattr(backends, "_packaged_model_available", lambda model: m.packaged)
+    monkeypatch.setattr(backends.importlib.util, "find_spec",
+                        lambda name, *a: object() if (name == "vllm" and m.vllm) else (None if name == "vllm" else real_find_spec(name, *a)))
+    return m
+
+
+@pytest.mark.parametrize(
+    "cuda,vllm,packaged,want",
+    [
+        (True, True, True, "vllm"),
+        (True, False, True, "transformers"),
+        (False, True, True, "transformers"),
+        (False, False, True, "transformers"),
+        (True, False, False, "text"),
+        (False, False, False, "text"),
+    ],
+)
+def test_auto(machine, caplog, cuda, vllm, packaged, want):
+    machine.cuda, machine.vllm, machine.packaged = cuda, vllm, packaged
+    with caplog.at_level(logging.INFO, logger="recbole_llm4sbr.intent"):
+        assert resolve_backend_name({"intent_backend": "auto", "intent_model": "smollm2-135m-instruct"}) == want
+    lines = [r for r in caplog.records if "auto ->" in r.getMessage()]
+    assert len(lines) == 1 and f"auto -> {want}" in lines[0].getMessage()
+    if want == "text":
+        assert lines[0].levelno == logging.WARNING and "LLM-free" in lines[0].getMessage()
+
+
+def test_auto_survives_a_missing_models_module(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_models(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "models" and level == 2 or name.endswith("intent.models"):
+            raise ImportError("not there")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", no_models)
+    assert backends._packaged_model_available("smollm2-135m-instruct") is False
