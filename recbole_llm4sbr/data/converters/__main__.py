@@ -30,9 +30,12 @@ def main(argv=None) -> int:
                    help="raw files (default: <data_path>/raw/<source>; ml-100k: RecBole's copy)")
     p.add_argument("--data_path", default=None, help="output root (default: the plugin's dataset/)")
     p.add_argument("--dataset", default=None, help="output name (default: <source>-session)")
-    p.add_argument("--split", type=_split, default=(0.8, 0.1, 0.1))
-    p.add_argument("--min_item_count", type=int, default=5)
-    p.add_argument("--max_len", type=int, default=50)
+    p.add_argument("--split", type=_split, default=(0.8, 0.1, 0.1),
+                   help="train,valid,test fractions of the sessions in time order (0.8,0.1,0.1)")
+    p.add_argument("--min_item_count", type=int, default=5,
+                   help="drop items with fewer clicks (5)")
+    p.add_argument("--max_len", type=int, default=50,
+                   help="prefixes keep their last N items (50)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     data_path = data_path_or_default(a.data_path)
