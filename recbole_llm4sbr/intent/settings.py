@@ -33,9 +33,9 @@ SAMPLING_KEYS: Tuple[str, ...] = ("intent_max_tokens", "intent_temperature", "in
 #: changes its answers must be added here, or an old table would be reused for it.
 BACKEND_KEYS: Dict[str, Tuple[str, ...]] = {
     "text": (),
-    "transformers": ("intent_model",) + SAMPLING_KEYS,
+    "transformers": ("intent_model", "intent_dtype") + SAMPLING_KEYS,
     "vllm": ("intent_model", "vllm_dtype", "vllm_max_model_len") + SAMPLING_KEYS,
-    "openai": ("intent_model", "openai_base_url") + SAMPLING_KEYS,
+    "openai": ("intent_model", "openai_model", "openai_base_url") + SAMPLING_KEYS,
 }
 _DEFAULT_BACKEND_KEYS = ("intent_model",) + SAMPLING_KEYS
 
