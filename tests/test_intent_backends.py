@@ -91,3 +91,39 @@ def test_auto_survives_a_missing_models_module(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_models)
     assert backends._packaged_model_available("smollm2-135m-instruct") is False
+
+
+class Broken(Backend):
+    name = "broken"
+
+    def __init__(self, settings):
+        raise OSError("intent_model='x' could not be loaded from local files")
+
+    def describe(self):
+        return {}
+
+    def generate(self, prompts):
+        return []
+
+
+def test_a_backend_that_cannot_start_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "broken", f"{__name__}:Broken")
+    with pytest.raises(IntentError, match="'broken' could not start: intent_model='x'"):
+        get_backend({"intent_backend": "broken"})
+
+
+def test_stage1_imports_no_recbole_and_no_torch():
+    """Stage 1 runs in an LLM-only environment: importing it must not pull in RecBole (or torch,
+    which only the encoder and the LLM backends load, when a table is built)."""
+    import subprocess
+    import sys
+
+    from test_intent_helpers import REPO, subprocess_env
+
+    code = ("import sys, recbole_llm4sbr.intent, recbole_llm4sbr.intent.pipeline, recbole_llm4sbr.intent.show, "
+            "recbole_llm4sbr.intent.__main__; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('recbole', 'torch', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), env=subprocess_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

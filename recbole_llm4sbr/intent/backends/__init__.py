@@ -95,7 +95,13 @@ def get_backend(settings: Mapping[str, Any], logger: Optional[logging.Logger] = 
     ``name`` skips resolution when the caller already resolved it (so ``auto`` logs once).
     """
     name = name or resolve_backend_name(settings, logger)
-    return backend_class(name)(dict(settings))
+    cls = backend_class(name)
+    try:
+        return cls(dict(settings))
+    except (OSError, ImportError, ValueError, RuntimeError) as e:
+        # a model that is not there, a missing package, a bad setting, no GPU: the user's to fix,
+        # and the backend's message says how (LLM4SBR_DEBUG=1 shows the chained traceback)
+        raise IntentError(f"intent_backend {name!r} could not start: {e}") from e
 
 
 __all__ = ["Backend", "REGISTRY", "choose_auto", "resolve_backend_name", "backend_class", "get_backend"]
