@@ -1,0 +1,48 @@
+"""The CLI as a user runs it: end to end on a tiny dataset (real stage 1, text backend), and errors."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinydata import write_tiny_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(args, cwd):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, str(ROOT / "run_recbole_llm4sbr.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_llm4sbr_and_stock_model_end_to_end(tmp_path):
+    write_tiny_dataset(tmp_path / "data", n_sessions=90)
+    common = ["--dataset=tiny", f"--data_path={tmp_path / 'data'}", "--epochs=2", "--show_progress=False",
+              "--embedding_size=16"]
+    out = run_cli(["--model=LLM4SBR_SRGNN", *common], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "test result" in log and "recall@20" in log and "mrr@10" in log and "ndcg@20" in log
+    assert "Intent table" in log  # stage 1 ran (text backend) and its table was attached
+    tables = list((tmp_path / "data" / "tiny" / "intent").glob("text-*/vectors.npy"))
+    assert len(tables) == 1
+    assert list((tmp_path / "saved").glob("LLM4SBR_SRGNN-*.pth"))
+    stock = run_cli(["--model=SRGNN", *common], cwd=tmp_path)
+    assert stock.returncode == 0, stock.stderr[-3000:]
+    assert "test result" in stock.stdout + stock.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model=NoSuchModel"], "Unknown model 'NoSuchModel'"),
+    (["--model=LLM4SBR_NoSuchBase"], "RecBole 1.2.1 has no model 'NoSuchBase'"),
+    (["--model=LLM4SBR_BPR"], "not a sequential recommender"),
+    (["--model=SRGNN", "--dataset=no-such-data"], "missing file"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, needle):
+    out = run_cli([*args, f"--data_path={tmp_path}"], cwd=tmp_path)
+    assert out.returncode == 2
+    assert needle in out.stderr
+    assert "Fix:" in out.stderr or "not supported" in out.stderr  # a refusal names its reason
+    assert "Traceback" not in out.stderr
