@@ -102,7 +102,8 @@ def load_encoder(name: str, device: Optional[str] = None) -> Any:
 def encode(model: Any, texts: Sequence[str], batch_size: int = 256, progress: bool = True, desc: str = "encode") -> np.ndarray:
     """``[len(texts), d]`` float32, each row of unit L2 norm."""
     if len(texts) == 0:
-        dim = int(model.get_sentence_embedding_dimension() or 0)
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = int(get_dim() or 0)
         return np.zeros((0, dim), dtype=np.float32)
     if progress:
         from tqdm.auto import tqdm
