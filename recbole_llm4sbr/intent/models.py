@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 __all__ = ["PACKAGED_MODELS", "packaged_model_available", "packaged_model_path", "resolve_model",
+           "dequantized_hf_folder", "default_cache_root",
            "is_alias", "ModelNotAvailableError"]
 
 #: alias -> where it lives: the pip package (import name + distribution pin) and the file inside it
@@ -108,3 +109,72 @@ def resolve_model(name: str) -> Dict[str, Any]:
         p = str(Path(expanded).resolve())
         return dict(model=p, gguf_file=None, tokenizer=p, alias=None, path=None)
     return dict(model=name, gguf_file=None, tokenizer=name, alias=None, path=None)
+
+
+def default_cache_root() -> Path:
+    """Where converted models are kept: ``$LLM4SBR_CACHE`` or ``~/.cache/recbole_llm4sbr``."""
+    root = os.environ.get("LLM4SBR_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "recbole_llm4sbr"
+
+
+def dequantized_hf_folder(resolved: Dict[str, Any], cache_dir: Optional[str] = None,
+                          logger=None) -> str:
+    """A Hugging Face model folder (safetensors, float32 + tokenizer) de-quantized from the GGUF file
+    of ``resolved`` (a :func:`resolve_model` result), converted once with transformers (packages
+    ``gguf`` and ``accelerate``) and kept under ``cache_dir`` (default
+    ``default_cache_root()/hf-from-gguf``), keyed by the file's name, size and mtime.
+
+    For loaders that cannot read GGUF (vLLM 0.32 has no GGUF support). Written to a temporary
+    sibling and renamed into place, so a folder that exists is complete.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    if not resolved.get("gguf_file"):
+        return str(resolved["model"])
+    src = Path(resolved["path"] or Path(resolved["model"]) / resolved["gguf_file"])
+    st = src.stat()
+    digest = hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_root() / "hf-from-gguf"
+    target = root / f"{src.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return str(target)
+    for pkg, pip in (("gguf", "pip install gguf"), ("accelerate", "pip install accelerate")):
+        if importlib.util.find_spec(pkg) is None:
+            raise ImportError(f"converting {src} to a Hugging Face folder needs the package {pkg!r}: {pip}")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if logger is not None:
+        logger.info(f"de-quantizing {src.name} into {target} (once)")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        kw = dict(gguf_file=resolved["gguf_file"], local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(resolved["tokenizer"], **kw)
+        model = AutoModelForCausalLM.from_pretrained(resolved["model"], dtype=torch.float32, **kw)
+        # transformers de-quantizes GGUF on load (the weights are plain float32 tensors) but keeps
+        # the GGUF quantizer attached, which refuses to save: detach it and its config entry
+        model.hf_quantizer = None
+        for obj in (model, model.config):
+            for attr in ("quantization_config", "_pre_quantization_dtype"):
+                if attr in getattr(obj, "__dict__", {}):
+                    delattr(obj, attr)
+        if hasattr(model, "is_quantized"):
+            try:
+                model.is_quantized = False
+            except AttributeError:
+                pass
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        del model
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
