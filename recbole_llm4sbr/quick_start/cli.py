@@ -18,6 +18,10 @@ def parse(argv=None):
 
 
 def main(argv=None):
+    if "--benchmark" in (sys.argv[1:] if argv is None else argv):  # stock vs LLM4SBR over bases and seeds
+        from recbole_llm4sbr.benchmark.cli import main as benchmark_main
+
+        return benchmark_main(argv)
     args, _ = parse(argv)
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     from recbole_llm4sbr.quick_start import run_recbole_llm4sbr

@@ -1,0 +1,113 @@
+"""``python run_recbole_llm4sbr.py --benchmark --dataset=<ds> --base_models=SRGNN,GRU4Rec --seeds=3
+[--variants=llm4sbr,text,no_au,no_long,no_short,no_loc,r0,r1,r3,r5] [--results_dir=results]
+[--config_files=...] [--report_only] [--key=value ...]``
+
+For each base and seed: the stock RecBole model and every LLM4SBR variant on the same split and seed
+(``base`` is always included). Any other ``--key=value`` is a config override for every cell (e.g.
+``--epochs=10``, ``--intent_backend=transformers``, ``--intent_samples=typical``); ``--seed=S`` sets
+the first seed. Finished cells are kept under ``<results_dir>/<ds>/cells/`` and skipped on a rerun;
+the reports (``report.md``, ``summary.csv``, ``cells.csv``, ``relative_gain.png``) are rebuilt from them.
+Variants: base (without LLM), llm4sbr (full; intent backend as configured), text (LLM-free text
+intents), no_au (without alignment-uniformity), no_long / no_short (without that view), no_loc
+(without localization), r0 / r1 / r3 / r5 (intent_topr).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from recbole_llm4sbr.benchmark.variants import parse_bases, parse_seeds, parse_variants
+
+log = logging.getLogger("recbole_llm4sbr.benchmark")
+
+
+def parse(argv: Sequence[str]):
+    parser = argparse.ArgumentParser(prog="run_recbole_llm4sbr.py --benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", action="store_true", help="run the benchmark (this command)")
+    parser.add_argument("--dataset", "-d", default="ml-100k-session")
+    parser.add_argument("--base_models", default="SRGNN,NARM,STAMP,GRU4Rec,SASRec",
+                        help="comma separated stock RecBole sequential models")
+    parser.add_argument("--seeds", default="3", help="a count (3 -> 2020, 2021, 2022) or a list (1,7,42)")
+    parser.add_argument("--variants", default="llm4sbr", help="comma separated; base is always included")
+    parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--config_files", default=None, help="space or comma separated yaml files")
+    parser.add_argument("--inference_repeats", type=int, default=3)
+    parser.add_argument("--report_only", action="store_true", help="rebuild the reports from the cells; train nothing")
+    parser.add_argument("--no_plot", action="store_true", help="skip relative_gain.png")
+    parser.add_argument("--model", "-m", default=None, help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args(list(argv))
+    overrides: Dict[str, str] = {}
+    for arg in rest:
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            overrides[key] = value
+        elif arg != "--debug":
+            raise ValueError(f"unexpected argument '{arg}'. Fix: config overrides are written --key=value.")
+    if args.model:
+        raise ValueError("--model has no meaning with --benchmark. Fix: name the stock bases with "
+                         "--base_models=SRGNN,GRU4Rec (each is run stock and as LLM4SBR_<Base>).")
+    return args, overrides
+
+
+def setup_logging(folder: Path) -> None:
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        if getattr(handler, "_benchmark", False):
+            log.removeHandler(handler)
+            handler.close()
+    fmt = logging.Formatter("%(asctime)s benchmark  %(message)s", "%d %b %H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    folder.mkdir(parents=True, exist_ok=True)
+    file = logging.FileHandler(folder / "benchmark.log", encoding="utf-8")
+    for handler in (stream, file):
+        handler.setFormatter(fmt)
+        handler._benchmark = True
+        log.addHandler(handler)
+
+
+def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides: Optional[dict] = None,
+                  results_dir="results", config_files=None, command: str = "", report_only: bool = False,
+                  plot: bool = True, inference_repeats: int = 3, commit: Optional[str] = None):
+    """Library entry point of the CLI; returns ``(benchmark, report paths)``."""
+    from recbole_llm4sbr.benchmark.report import write_reports
+    from recbole_llm4sbr.benchmark.runner import Benchmark
+
+    overrides = dict(overrides or {})
+    first = overrides.pop("seed", 2020)
+    bench = Benchmark(dataset, parse_bases(bases), parse_variants(variants), parse_seeds(seeds, int(first)),
+                      overrides, results_dir, config_files, command=command, commit=commit,
+                      inference_repeats=inference_repeats)
+    setup_logging(bench.cells_dir)
+    if report_only:
+        log.info(f"report only: {len(bench.finished())} of {len(bench.plan())} cells finished")
+    else:
+        bench.run(report=lambda b: write_reports(b, plot=False, quiet=True))
+    paths = write_reports(bench, plot=plot)
+    return bench, paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from recbole_llm4sbr.benchmark.runner import BenchmarkError, command_line
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, overrides = parse(argv)
+        files = args.config_files.replace(",", " ").split() if args.config_files else None
+        run_benchmark(args.dataset, args.base_models, args.variants, args.seeds, overrides, args.results_dir,
+                      files, command=command_line(argv), report_only=args.report_only, plot=not args.no_plot,
+                      inference_repeats=args.inference_repeats)
+    except (BenchmarkError, ValueError, KeyError, FileNotFoundError, ImportError) as err:
+        if "--debug" in argv:
+            raise
+        print(f"error: {err}\n(rerun with --debug for the traceback)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

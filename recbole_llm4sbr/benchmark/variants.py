@@ -1,0 +1,94 @@
+"""The benchmark's variants: stock base, full LLM4SBR, and the paper's ablations, each a config delta.
+
+A variant is ``(wrapped, overrides, label)``: ``wrapped`` says whether the cell trains
+``LLM4SBR_<Base>`` or the stock ``<Base>``; ``overrides`` are config keys laid over the user's own
+``--key=value`` (the variant wins: ``text`` stays LLM-free whatever ``--intent_backend`` says).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    wrapped: bool
+    label: str
+    overrides: Dict[str, object] = field(default_factory=dict)
+
+    def model(self, base: str) -> str:
+        return f"LLM4SBR_{base}" if self.wrapped else base
+
+
+VARIANTS: Dict[str, Variant] = {v.name: v for v in [
+    Variant("base", False, "without LLM (stock base)"),
+    Variant("llm4sbr", True, "LLM4SBR (intent backend as configured)"),
+    Variant("text", True, "LLM-free text intents", {"intent_backend": "text"}),
+    Variant("no_au", True, "without alignment-uniformity", {"au_weight": 0.0}),
+    Variant("no_long", True, "without the long-term view", {"llm4sbr_views": ["short"]}),
+    Variant("no_short", True, "without the short-term view", {"llm4sbr_views": ["long"]}),
+    Variant("no_loc", True, "without intent localization", {"intent_localization": False}),
+    Variant("r0", True, "r = 0 (answer embedding, no retrieval)", {"intent_topr": 0}),
+    Variant("r1", True, "r = 1", {"intent_topr": 1}),
+    Variant("r3", True, "r = 3", {"intent_topr": 3}),
+    Variant("r5", True, "r = 5", {"intent_topr": 5}),
+]}
+
+ALIASES = {"full": "llm4sbr", "no_llm": "base", "no_localization": "no_loc", "no_alignment": "no_au"}
+
+
+def parse_variants(text) -> List[str]:
+    """``"llm4sbr,no_au"`` -> ``["base", "llm4sbr", "no_au"]``: ``base`` always first, order kept, no repeats."""
+    names = text if isinstance(text, (list, tuple)) else ("llm4sbr" if text is None else str(text)).replace(" ", ",").split(",")
+    out = ["base"]
+    for raw in names:
+        name = ALIASES.get(raw.strip().lower(), raw.strip().lower())
+        if not name:
+            continue
+        if name not in VARIANTS:
+            raise ValueError(f"Unknown variant '{raw}'. Fix: choose from {', '.join(VARIANTS)}.")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def parse_seeds(text, first: int = 2020) -> List[int]:
+    """``"3"`` -> ``[first, first+1, first+2]``; ``"1,7,42"`` -> exactly those seeds."""
+    parts = [p for p in str(text).replace(" ", ",").split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--seeds={text}: expected a count (3) or a comma separated list of integer seeds") from None
+    if len(values) == 1 and "," not in str(text):
+        if values[0] < 1:
+            raise ValueError(f"--seeds={text}: the number of seeds must be at least 1")
+        return [first + i for i in range(values[0])]
+    if len(set(values)) != len(values):
+        raise ValueError(f"--seeds={text}: repeated seed")
+    return values
+
+
+def parse_bases(text) -> List[str]:
+    names = text if isinstance(text, (list, tuple)) else str(text or "").replace(" ", ",").split(",")
+    out: List[str] = []
+    for name in names:
+        name = name.strip()
+        if name.startswith("LLM4SBR_"):
+            raise ValueError(f"--base_models: give the stock base ('{name[8:]}'), not '{name}'; "
+                             "the benchmark trains both sides itself.")
+        if name and name not in out:
+            out.append(name)
+    if not out:
+        raise ValueError("--base_models is empty. Fix: e.g. --base_models=SRGNN,GRU4Rec")
+    return out
+
+
+def variant_config(variant: str, user_overrides: Dict[str, object]) -> Dict[str, object]:
+    out = dict(user_overrides)
+    out.update(VARIANTS[variant].overrides)
+    return out
+
+
+def wrapped_variants(names: Sequence[str]) -> List[str]:
+    return [n for n in names if VARIANTS[n].wrapped]

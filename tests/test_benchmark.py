@@ -1,0 +1,246 @@
+"""The benchmark: aggregation on hand-checked numbers, reports from fixed cells, and a two-cell end-to-end
+run on a tiny dataset (resumable: a rerun trains nothing; a crash loses only the cell in progress)."""
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recbole_llm4sbr.benchmark import aggregate as agg
+from recbole_llm4sbr.benchmark.runner import (Benchmark, git_commit, relevant_settings, settings_digest,
+                                              write_json_atomic)
+from recbole_llm4sbr.benchmark.variants import parse_bases, parse_seeds, parse_variants
+from recbole_llm4sbr.data import intents as intents_module
+from recbole_llm4sbr.intent.keys import prefix_key
+from tinydata import write_tiny_dataset
+
+
+# ---- fixed inputs ------------------------------------------------------------------------------------
+
+BASE_R20, LLM_R20 = [0.10, 0.12, 0.14], [0.12, 0.15, 0.15]
+BASE_MRR, LLM_MRR = [0.05, 0.05, 0.05], [0.04, 0.04, 0.04]
+
+
+def fake_cell(base, variant, seed, r20, mrr20, epoch, inference, params, mem=100.0, intent=None):
+    return {"format": 1, "id": f"{base}__{variant}__seed{seed}", "base": base, "variant": variant, "seed": seed,
+            "model": base if variant == "base" else f"LLM4SBR_{base}",
+            "test_result": {"recall@20": r20, "mrr@20": mrr20, "hit@20": r20},
+            "epoch_time_s": epoch, "time_to_best_s": 10 * epoch, "inference_s": inference, "peak_mem_mb": mem,
+            "params": params, "best_epoch": 9, "device": "cpu", "torch_threads": 1, "valid_metric": "MRR@20",
+            "peak_mem_kind": "peak RSS growth", "intent": intent, "command": "cmd", "commit": "abc1234"}
+
+
+def fixed_cells(intent=None):
+    cells = []
+    for i, seed in enumerate((2020, 2021, 2022)):
+        cells.append(fake_cell("SRGNN", "base", seed, BASE_R20[i], BASE_MRR[i], 2.0, [0.1, 0.2, 0.3][i], 1000))
+        cells.append(fake_cell("SRGNN", "llm4sbr", seed, LLM_R20[i], LLM_MRR[i], 3.0, 0.3, 1100, 150.0, intent))
+    return cells
+
+
+def test_mean_std_relative_change_and_ratios_hand_checked():
+    rows = agg.aggregate(fixed_cells(), ["SRGNN"], ["base", "llm4sbr"])
+    base, llm = rows
+    assert (base["variant"], llm["variant"], llm["n"], llm["seeds"]) == ("base", "llm4sbr", 3, [2020, 2021, 2022])
+    assert base["recall@20"] == pytest.approx(0.12) and base["recall@20 std"] == pytest.approx(0.02)
+    assert llm["recall@20"] == pytest.approx(0.14)
+    assert llm["recall@20 std"] == pytest.approx(math.sqrt(0.0003))  # deviations -.02, .01, .01; ddof 1
+    assert llm["recall@20 rel"] == pytest.approx(100 * 0.02 / 0.12)  # +16.67 %
+    assert llm["mrr@20 rel"] == pytest.approx(-20.0)
+    # paired differences .02, .03, .01: t = .02 / (.01 / sqrt 3) = 2 sqrt 3, df 2,
+    # two-sided p = 1 - t / sqrt(2 + t^2) = 1 - sqrt(6/7) (closed form of Student's t with 2 df)
+    assert llm["recall@20 p"] == pytest.approx(1 - math.sqrt(6 / 7), rel=1e-9)
+    assert llm["recall@20 pairs"] == 3
+    assert llm["mrr@20 p"] is None  # every difference -0.01: t undefined, reported n/a
+    assert llm["epoch_time_s ratio"] == pytest.approx(1.5)
+    assert llm["inference_s ratio"] == pytest.approx(0.3 / 0.2)
+    assert llm["params ratio"] == pytest.approx(1.1)
+    assert llm["peak_mem_mb ratio"] == pytest.approx(1.5)
+    assert llm["time_to_best_s ratio"] == pytest.approx(1.5)
+    assert base["epoch_time_s ratio"] == pytest.approx(1.0)
+    assert "recall@20 p" not in base
+
+
+def test_one_seed_has_no_std_and_no_test_and_unpaired_seeds_are_left_out():
+    cells = fixed_cells()
+    one = [c for c in cells if c["seed"] == 2020]
+    _, llm = agg.aggregate(one, ["SRGNN"], ["base", "llm4sbr"])
+    assert llm["recall@20 std"] is None and llm["recall@20 p"] is None and llm["recall@20 pairs"] == 1
+    assert llm["recall@20 rel"] == pytest.approx(20.0)
+    # the base lacks seed 2022: the test pairs 2020 and 2021 only; the means use what each side has
+    partial = [c for c in cells if not (c["variant"] == "base" and c["seed"] == 2022)]
+    base, llm = agg.aggregate(partial, ["SRGNN"], ["base", "llm4sbr"])
+    assert base["n"] == 2 and llm["recall@20 pairs"] == 2
+    # diffs .02, .03: t = .025 / (.00707 / sqrt 2) = 5, df 1 (Cauchy): p = 1 - 2 atan(5) / pi = 0.1257
+    assert llm["recall@20 p"] == pytest.approx(1 - 2 * math.atan(5) / math.pi, rel=1e-9)
+    assert agg.paired_ttest([1.0], [0.5]) is None
+    assert agg.mean_std([]) == (None, None, 0)
+
+
+def test_metric_order_and_parsers():
+    cells = [{"test_result": {"mrr@5": 0, "recall@20": 0, "ndcg@10": 0, "recall@5": 0, "hit@10": 0}}]
+    assert agg.metric_names(cells) == ["recall@5", "recall@20", "mrr@5", "ndcg@10", "hit@10"]
+    assert parse_variants("llm4sbr,no_au") == ["base", "llm4sbr", "no_au"]
+    assert parse_variants("text,base,text") == ["base", "text"]
+    assert parse_variants("base") == ["base"] and parse_variants(None) == ["base", "llm4sbr"]
+    assert parse_variants("r0,r1,r3,r5,no_loc,no_long,no_short") == \
+        ["base", "r0", "r1", "r3", "r5", "no_loc", "no_long", "no_short"]
+    with pytest.raises(ValueError, match="Unknown variant 'nope'"):
+        parse_variants("nope")
+    assert parse_seeds("3") == [2020, 2021, 2022] and parse_seeds("3", 7) == [7, 8, 9]
+    assert parse_seeds("1,42") == [1, 42]
+    assert parse_bases("SRGNN, GRU4Rec") == ["SRGNN", "GRU4Rec"]
+    with pytest.raises(ValueError, match="stock base"):
+        parse_bases("LLM4SBR_SRGNN")
+
+
+def test_cell_digest_ignores_llm_keys_for_the_stock_base_only():
+    a = {"epochs": "10", "intent_backend": "text"}
+    b = {"epochs": "10", "intent_backend": "transformers", "show_progress": "True"}
+    digest = lambda v, o: settings_digest(relevant_settings("ds", v, o))  # noqa: E731
+    assert digest("base", a) == digest("base", b)
+    assert digest("llm4sbr", a) != digest("llm4sbr", b)
+    assert digest("base", a) != digest("base", {"epochs": "5"})
+    # the variant's own keys win: text stays text whatever --intent_backend says, so its cells are shared
+    from recbole_llm4sbr.benchmark.variants import variant_config
+    eff = lambda v, o: settings_digest(relevant_settings("ds", v, variant_config(v, o)))  # noqa: E731
+    assert eff("text", a) == eff("text", b | {"show_progress": "False"})
+    bench = Benchmark("ds", ["SRGNN"], ["base", "text"], [1, 2, 3], b, "unused")
+    assert [(c.variant, c.seed) for c in bench.plan()] == [("base", 1), ("text", 1), ("text", 2), ("base", 2),
+                                                           ("base", 3), ("text", 3)]
+    assert bench.plan()[1].digest == eff("text", a)
+
+
+def test_report_from_fixed_cells_and_png_optional(tmp_path, monkeypatch, caplog):
+    from recbole_llm4sbr.benchmark.cli import run_benchmark
+
+    intent = {"path": "/x/intent/text-1234", "tag": "text-1234", "backend": "text", "model": None,
+              "encoder": "enc", "topr": 5, "summary": {"samples": 12, "sent": 24, "time LLM": 0.5}}
+    bench = Benchmark("ds", ["SRGNN"], ["base", "llm4sbr"], [2020, 2021, 2022], {"epochs": "10"}, tmp_path,
+                      command="python run_recbole_llm4sbr.py --benchmark", commit="abc1234")
+    by_key = {(c["base"], c["variant"], c["seed"]): c for c in fixed_cells(intent)}
+    for cell in bench.plan():
+        write_json_atomic(bench.cell_path(cell), by_key[(cell.base, cell.variant, cell.seed)])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with caplog.at_level("INFO", logger="recbole_llm4sbr.benchmark"):
+        _, paths = run_benchmark("ds", "SRGNN", "llm4sbr", "3", {"epochs": "10"}, tmp_path, report_only=True,
+                                 command="python run_recbole_llm4sbr.py --benchmark", commit="abc1234")
+    assert "matplotlib is not installed" in (tmp_path / "ds" / "cells" / "benchmark.log").read_text()
+    assert "png" not in paths
+    md = paths["md"].read_text()
+    assert "0.1400 ± 0.0173" in md and "0.1200 ± 0.0200" in md
+    assert "+16.7% (p 0.074)" in md and "-20.0% (p n/a)" in md
+    assert "| SRGNN | llm4sbr | 3.00 | 1.50x |" in md  # epoch time and its ratio
+    assert md.count("git commit `abc1234`") >= 4  # every table's caption
+    assert "intent backend: text (LLM-free" in md and "| sent | 24 |" in md
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [r["variant"] for r in rows] == ["base", "llm4sbr"]
+    assert float(rows[1]["recall@20 p"]) == pytest.approx(1 - math.sqrt(6 / 7), rel=1e-6)
+    assert rows[1]["commit"] == "abc1234" and rows[1]["intent backend"].startswith("text")
+    assert len(list(csv.DictReader(open(paths["cells_csv"])))) == 6
+
+
+def test_git_commit_outside_a_checkout(tmp_path):
+    assert git_commit(tmp_path) == "unknown"
+    assert git_commit() != ""
+
+
+# ---- end to end on a tiny dataset -----------------------------------------------------------------------
+
+def synthetic_intents(folder: Path, d_text=12):
+    keys = set()
+    for part in ("train", "valid", "test"):
+        lines = (folder / f"{folder.name}.{part}.inter").read_text().splitlines()[1:]
+        keys.update(prefix_key(line.split("\t")[1].split()) for line in lines)
+    keys = sorted(keys)
+    vec = np.random.default_rng(0).normal(size=(len(keys), 2, d_text)).astype(np.float32)
+    meta = {"backend": "text", "backend_info": {"backend": "text", "model": None}, "encoder": "synthetic",
+            "topr": 5, "summary": {"samples": len(keys), "sent": 2 * len(keys), "time LLM": 0.1}}
+    return intents_module.DatasetIntents(folder / "intent" / "text-synthetic", keys, ["long", "short"], vec,
+                                         vec * 0.5, meta, {k: i for i, k in enumerate(keys)})
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    folder = write_tiny_dataset(tmp_path / "data", n_sessions=90)
+    table = synthetic_intents(folder)
+    monkeypatch.setattr(intents_module, "load_dataset_intents", lambda config, logger=None: table)
+    monkeypatch.chdir(tmp_path)  # RecBole's ./log and ./log_tensorboard
+    import recbole_llm4sbr.quick_start.quick_start as qs
+
+    calls = []
+    real = qs.run_recbole_llm4sbr
+
+    def counting(model, *args, **kwargs):
+        calls.append(model)
+        if getattr(counting, "fail_on", None) == len(calls):
+            raise RuntimeError("simulated crash")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(qs, "run_recbole_llm4sbr", counting)
+    return tmp_path, calls, counting
+
+
+COMMON = ["--epochs=2", "--embedding_size=16", "--hidden_size=16", "--train_batch_size=32", "--state=WARNING"]
+
+
+def test_two_cells_end_to_end_then_rerun_trains_nothing(tiny):
+    from recbole_llm4sbr.quick_start.cli import main
+
+    tmp_path, calls, _ = tiny
+    argv = ["--benchmark", "--dataset=tiny", "--base_models=GRU4Rec", "--seeds=1", "--variants=llm4sbr",
+            f"--results_dir={tmp_path / 'res'}", f"--data_path={tmp_path / 'data'}", *COMMON]
+    assert main(argv) == 0
+    assert calls == ["GRU4Rec", "LLM4SBR_GRU4Rec"]
+    folder = tmp_path / "res" / "tiny"
+    cells = sorted((folder / "cells").glob("*.json"))
+    assert [p.name.split("__")[:3] for p in cells] == [["GRU4Rec", "base", "seed2020"],
+                                                        ["GRU4Rec", "llm4sbr", "seed2020"]]
+    assert not list((folder / "cells").glob(".*tmp*"))
+    data = {json.loads(p.read_text())["variant"]: json.loads(p.read_text()) for p in cells}
+    for cell in data.values():
+        assert set(cell["test_result"]) >= {"recall@5", "recall@20", "mrr@10", "ndcg@20", "hit@20"}
+        assert cell["epochs_run"] == 2 and len(cell["epoch_times"]) == 2 and cell["best_epoch"] in (0, 1)
+        assert cell["inference_s"] > 0 and cell["params"] > 0 and cell["inference_reproduced"]
+        assert cell["time_to_best_s"] > 0 and cell["peak_mem_kind"] in ("peak RSS growth", "cuda max allocated")
+        assert Path(cell["model_file"]).is_file() and str(folder / "cells" / "checkpoints") in cell["model_file"]
+        assert cell["config_dict"]["seed"] == 2020 and cell["config_dict"]["epochs"] == "2"
+    assert data["base"]["intent"] is None
+    assert data["llm4sbr"]["intent"]["backend"] == "text" and data["llm4sbr"]["intent"]["summary"]["sent"] > 0
+    assert data["llm4sbr"]["params"] > data["base"]["params"]
+    command = "python run_recbole_llm4sbr.py " + " ".join(argv)
+    md = (folder / "report.md").read_text()
+    assert f"command: `{command}`" in md and f"git commit `{git_commit()}`" in md
+    assert "intent backend: text" in md and "| GRU4Rec | llm4sbr | 1 |" in md
+    rows = list(csv.DictReader(open(folder / "summary.csv")))
+    assert [(r["base"], r["variant"]) for r in rows] == [("GRU4Rec", "base"), ("GRU4Rec", "llm4sbr")]
+    assert rows[1]["command"] == command and rows[1]["recall@20 p"] == ""  # one seed: no test
+    log = (folder / "cells" / "benchmark.log").read_text()
+    assert log.count("Recall@20") == 2 and "MRR@20" in log and "ETA" in log
+    # rerun: nothing trains, the reports are rebuilt from the cells
+    (folder / "report.md").unlink()
+    assert main(argv) == 0
+    assert calls == ["GRU4Rec", "LLM4SBR_GRU4Rec"]
+    assert "| GRU4Rec | llm4sbr | 1 |" in (folder / "report.md").read_text()
+
+
+def test_a_crash_loses_only_the_cell_in_progress(tiny):
+    from recbole_llm4sbr.benchmark.cli import run_benchmark
+
+    tmp_path, calls, counting = tiny
+    kwargs = dict(overrides={"data_path": str(tmp_path / "data"), "epochs": "1", "embedding_size": "16",
+                             "hidden_size": "16", "state": "WARNING"},
+                  results_dir=tmp_path / "res", plot=False, inference_repeats=1)
+    counting.fail_on = 2
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_benchmark("tiny", "GRU4Rec", "base", "2", **kwargs)
+    cells = tmp_path / "res" / "tiny" / "cells"
+    assert [p.name.split("__")[2] for p in cells.glob("*.json")] == ["seed2020"]
+    assert not list(cells.glob(".*tmp*"))
+    counting.fail_on = None
+    bench, _ = run_benchmark("tiny", "GRU4Rec", "base", "2", **kwargs)
+    assert calls == ["GRU4Rec", "GRU4Rec", "GRU4Rec"]  # seed 2020, the crash (seed 2021), seed 2021 again
+    assert len(bench.finished()) == 2
