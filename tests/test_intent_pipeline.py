@@ -59,6 +59,9 @@ def test_build_with_text_backend_and_real_encoder(data):
     np.testing.assert_allclose(t.vectors[t.row(key), 1], want, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(t.raw, axis=2), 1.0, atol=1e-5)
     assert v["sims"] == sorted(v["sims"], reverse=True) and len(v["items"]) == 5
+    # the catalogue in the same text space (items.txt / items.npy), what stage 2's semantic loss reads
+    assert t.item_tokens == list(ITEMS) and t.item_vectors.shape == (len(ITEMS), 384)
+    np.testing.assert_allclose(t.item_vectors, np.stack([e[tok] for tok in ITEMS]), atol=1e-5)
 
 
 def test_ensure_reuses_then_rebuilds_when_stale(data, monkeypatch, caplog):
@@ -172,3 +175,24 @@ def test_unknown_backend_and_typical(data):
         ensure_intent_table(base_settings(data, intent_backend="nope"))
     with pytest.raises(IntentError, match="not implemented yet"):
         build_intent_table(base_settings(data, intent_samples="typical"))
+
+
+def test_format_1_table_is_stale_not_a_crash(data, caplog):
+    """A table written before items.npy/items.txt (format 1) sitting where the current tag points."""
+    s = base_settings(data)
+    folder = ensure_intent_table(s)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["format_version"] = 1
+    meta["table_settings"]["format_version"] = 1
+    (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "items.npy").unlink()
+    (folder / "items.txt").unlink()
+    assert pipeline.stale_reason(pipeline.normalize_settings(s), folder, "text").startswith("stale")
+    with caplog.at_level(logging.INFO, logger="recbole_llm4sbr.intent"):
+        again = ensure_intent_table(s)
+    assert again == folder and "building it" in caplog.text
+    t = load_intent_table(again)
+    assert t.meta["format_version"] == 2 and len(t.item_tokens) == len(ITEMS)
+    # only the items files missing (identity intact): stale as well
+    (folder / "items.npy").unlink()
+    assert "items.npy" in pipeline.stale_reason(pipeline.normalize_settings(s), folder, "text")

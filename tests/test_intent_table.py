@@ -19,16 +19,27 @@ def _table(n=3, v=2, d=4, seed=0):
     vec = rng.normal(size=(n, v, d)).astype(np.float32)
     raw = rng.normal(size=(n, v, d)).astype(np.float32)
     views = ["long", "short"][:v]
-    meta = {"format_version": 1, "dataset": "tiny", "views": views}
+    meta = {"format_version": 2, "dataset": "tiny", "views": views}
     recs = [{"key": k, "prefix": [str(i)], "views": {w: {"answer": f"a{i}{w}", "items": ["1"], "sims": [0.5]} for w in views}}
             for i, k in enumerate(keys)]
     return meta, keys, vec, raw, recs
 
 
+def _items(n=6, d=4, seed=0):
+    rng = np.random.default_rng(seed + 100)
+    return {"item_tokens": [str(10 + i) for i in range(n)], "item_vectors": rng.normal(size=(n, d)).astype(np.float32)}
+
+
+def write(folder, meta, keys, vec, raw, recs, **items):
+    return write_intent_table(folder, meta, keys, vec, raw, recs, **(items or _items(d=vec.shape[2])))
+
+
 def test_round_trip(tmp_path):
     meta, keys, vec, raw, recs = _table()
-    folder = write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs)
-    assert sorted(p.name for p in folder.iterdir()) == ["answers.jsonl", "keys.txt", "meta.json", "raw.npy", "vectors.npy"]
+    items = _items()
+    folder = write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs, **items)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "answers.jsonl", "items.npy", "items.txt", "keys.txt", "meta.json", "raw.npy", "vectors.npy"]
     t = load_intent_table(folder)
     assert isinstance(t, IntentTable)
     assert t.keys == keys and t.views == ["long", "short"] and len(t) == 3
@@ -36,6 +47,14 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(t.raw, raw)
     assert t.vectors.dtype == np.float32
     assert t.meta["n_keys"] == 3 and t.meta["d_text"] == 4 and t.meta["keys_sha1"] == keys_sha1(keys)
+    assert t.item_tokens == items["item_tokens"] and t.meta["n_items"] == 6
+    assert t.item_vectors.dtype == np.float32 and t.item_vectors.shape == (6, 4)
+    np.testing.assert_array_equal(t.item_vectors, items["item_vectors"])
+    assert (folder / "items.txt").read_text().splitlines() == items["item_tokens"]
+    assert t.item_tokens == items["item_tokens"] and t.meta["n_items"] == 6
+    assert t.item_vectors.dtype == np.float32 and t.item_vectors.shape == (6, 4)
+    np.testing.assert_array_equal(t.item_vectors, items["item_vectors"])
+    assert (folder / "items.txt").read_text().splitlines() == items["item_tokens"]
     assert t.row(keys[2]) == 2 and keys[1] in t and t.view_index("short") == 1
     with pytest.raises(KeyError, match="rebuild"):
         t.row("nope")
@@ -43,15 +62,16 @@ def test_round_trip(tmp_path):
     assert [r["views"]["short"]["answer"] for r in t.answers([keys[1]])] == ["a1short"]
     tm = load_intent_table(folder, mmap=True)
     np.testing.assert_array_equal(tm.vectors[1], vec[1])
+    np.testing.assert_array_equal(tm.item_vectors[2], items["item_vectors"][2])
     with open(folder / "answers.jsonl") as f:
         assert json.loads(f.readline())["prefix"] == ["0"]
 
 
 def test_replace_is_atomic_and_leaves_no_temp_dirs(tmp_path):
     meta, keys, vec, raw, recs = _table()
-    write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs)
+    write(tmp_path / "t", meta, keys, vec, raw, recs)
     meta2, keys2, vec2, raw2, recs2 = _table(n=5, seed=1)
-    write_intent_table(tmp_path / "t", meta2, keys2, vec2, raw2, recs2)
+    write(tmp_path / "t", meta2, keys2, vec2, raw2, recs2)
     assert [p.name for p in tmp_path.iterdir()] == ["t"]
     assert load_intent_table(tmp_path / "t").keys == keys2
 
@@ -60,7 +80,7 @@ def test_replace_is_atomic_and_leaves_no_temp_dirs(tmp_path):
         raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError):
-        write_intent_table(tmp_path / "t", meta, keys, vec, raw, exploding())
+        write(tmp_path / "t", meta, keys, vec, raw, exploding())
     assert [p.name for p in tmp_path.iterdir()] == ["t"]  # temp folder removed
     assert load_intent_table(tmp_path / "t").keys == keys2  # old table intact
 
@@ -68,11 +88,11 @@ def test_replace_is_atomic_and_leaves_no_temp_dirs(tmp_path):
 def test_shape_checks(tmp_path):
     meta, keys, vec, raw, recs = _table()
     with pytest.raises(ValueError):
-        write_intent_table(tmp_path / "t", meta, keys[:2], vec, raw, recs)
+        write(tmp_path / "t", meta, keys[:2], vec, raw, recs)
     with pytest.raises(ValueError):
-        write_intent_table(tmp_path / "t", {**meta, "views": ["long"]}, keys, vec, raw, recs)
+        write(tmp_path / "t", {**meta, "views": ["long"]}, keys, vec, raw, recs)
     with pytest.raises(ValueError):
-        write_intent_table(tmp_path / "t", meta, [keys[0]] * 3, vec, raw, recs)
+        write(tmp_path / "t", meta, [keys[0]] * 3, vec, raw, recs)
     assert not (tmp_path / "t").exists()
 
 
@@ -80,3 +100,31 @@ def test_missing_table(tmp_path):
     assert read_meta(tmp_path / "nothing") is None
     with pytest.raises(FileNotFoundError, match="no intent table"):
         load_intent_table(tmp_path / "nothing")
+
+
+def test_item_checks(tmp_path):
+    meta, keys, vec, raw, recs = _table()
+    bad_d = _items(d=5)
+    with pytest.raises(ValueError, match="item_vectors"):
+        write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs, **bad_d)
+    short = _items()
+    short["item_tokens"] = short["item_tokens"][:-1]
+    with pytest.raises(ValueError, match="item_vectors"):
+        write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs, **short)
+    dup = _items()
+    dup["item_tokens"][1] = dup["item_tokens"][0]
+    with pytest.raises(ValueError, match="unique"):
+        write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs, **dup)
+    with pytest.raises(TypeError):  # the catalogue is not optional
+        write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs)
+    assert not (tmp_path / "t").exists()
+
+
+def test_format_1_table_asks_for_a_rebuild(tmp_path):
+    """A table from before items.npy/items.txt: a clear 'rebuild it', never a crash deeper down."""
+    meta, keys, vec, raw, recs = _table()
+    folder = write(tmp_path / "t", {**meta, "format_version": 1}, keys, vec, raw, recs)
+    (folder / "items.npy").unlink()
+    (folder / "items.txt").unlink()
+    with pytest.raises(ValueError, match="rebuild"):
+        load_intent_table(folder)

@@ -35,7 +35,7 @@ from .settings import (
     table_identity,
     table_tag,
 )
-from .table import read_keys, read_meta, write_intent_table
+from .table import ITEMS_NPY, ITEMS_TXT, read_keys, read_meta, write_intent_table
 
 SPLITS = ("train", "valid", "test")
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -347,7 +347,7 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     t0 = time.perf_counter()
-    write_intent_table(folder, meta, keys, vectors, raw, records)
+    write_intent_table(folder, meta, keys, vectors, raw, records, item_tokens=catalogue, item_vectors=i_emb)
     log.info(
         f"intent table written to {folder} ({time.perf_counter() - t0:.2f} s)\n"
         f"stage 1 summary ({settings['dataset']}, backend {backend_name}):\n{_summary_lines(summary)}"
@@ -366,6 +366,9 @@ def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Opt
         if meta.get("itemtext_sha1") != file_sha1(itemtext_path(settings)):
             return f"stale: {itemtext_path(settings).name} changed since it was built"
         have = set(read_keys(folder))
+        for name in (ITEMS_TXT, ITEMS_NPY):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(2, "missing", str(folder / name))
     except FileNotFoundError as e:
         return f"stale: {Path(e.filename).name if e.filename else 'a file'} is missing"
     need = unique_prefixes(read_samples(settings))

@@ -18,8 +18,9 @@ import yaml
 
 from ..paths import default_data_path, properties_dir
 
-#: bump when the table files change shape (DESIGN.md "Intent table")
-FORMAT_VERSION = 1
+#: bump when the table files change shape (DESIGN.md "Intent table"); 2: + items.npy / items.txt
+#: (the catalogue's text embeddings) and answers.jsonl's "exemplar"
+FORMAT_VERSION = 2
 #: bump when ``clean.py`` changes what an answer becomes: old tables then count as stale
 CLEAN_VERSION = 1
 #: default of ``intent_answer_max_chars`` (not in overall.yaml: cleaning detail, rarely changed)
@@ -217,15 +218,29 @@ def answer_max_chars(settings: Mapping[str, Any]) -> int:
     return int(settings.get("intent_answer_max_chars") or DEFAULT_ANSWER_MAX_CHARS)
 
 
+def prompt_max_items(settings: Mapping[str, Any]) -> int:
+    """``intent_prompt_max_items``: list only the last N items of a prefix in its prompt (0 = all)."""
+    value = settings.get("intent_prompt_max_items") or 0
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise IntentError(f"intent_prompt_max_items={value!r}: give 0 (the whole prefix, the paper) or a positive count")
+    return n
+
+
 def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
     """Every setting that changes the intent table, for the resolved backend name (never ``auto``).
 
     Hashed into the tag and stored in ``meta.json``; a table whose identity differs is stale.
     """
-    from .prompts import template_version  # local: prompts imports this module
+    from .backends import resolve_samples  # local: both import this module
+    from .prompts import template_version
+    from .typical import TYPICAL_VERSION
 
     template = str(settings.get("intent_template") or "")
-    samples = str(settings.get("intent_samples") or "all")
+    samples, _ = resolve_samples(settings, backend)
     ident: Dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "clean_version": CLEAN_VERSION,
@@ -238,8 +253,12 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
         "answer_max_chars": answer_max_chars(settings),
         "samples": samples,
     }
-    if samples != "all":
+    if samples == "typical":  # which prefixes got an answer of their own
         ident["budget"] = settings.get("intent_budget")
+        ident["typical"] = {"version": TYPICAL_VERSION, "seed": settings.get("intent_seed")}
+    max_items = prompt_max_items(settings)
+    if max_items:  # off (0) keeps the identity of tables built before the key existed
+        ident["prompt_max_items"] = max_items
     # through JSON, so it compares equal to the copy read back from meta.json
     return json.loads(json.dumps(ident, default=str))
 

@@ -1,8 +1,10 @@
 """The intent table on disk (DESIGN.md, "Intent table"): stage 1's only output, stage 2's only input.
 
 A table is a folder: ``meta.json``, ``keys.txt`` (row order), ``vectors.npy`` and ``raw.npy``
-(float32 ``[n_keys, n_views, d_text]``) and ``answers.jsonl`` (what the LLM said and where it was
-grounded, for inspection). It is written into a temporary sibling folder and renamed into place, so
+(float32 ``[n_keys, n_views, d_text]``), ``answers.jsonl`` (what the LLM said and where it was
+grounded, for inspection), and the catalogue in the same text space: ``items.txt`` (item tokens, one
+per line, catalogue order) and ``items.npy`` (float32 ``[n_items, d_text]``, unit-norm rows: the
+embeddings localization grounded the answers in). It is written into a temporary sibling folder and renamed into place, so
 a reader sees the old table or the new one, never half of one, and a killed writer leaves the old
 table intact.
 """
@@ -19,7 +21,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 
 META, KEYS, VECTORS, RAW, ANSWERS = "meta.json", "keys.txt", "vectors.npy", "raw.npy", "answers.jsonl"
-TABLE_FILES = (META, KEYS, VECTORS, RAW, ANSWERS)
+ITEMS_TXT, ITEMS_NPY = "items.txt", "items.npy"
+TABLE_FILES = (META, KEYS, VECTORS, RAW, ANSWERS, ITEMS_TXT, ITEMS_NPY)
 
 
 def keys_sha1(keys: Iterable[str]) -> str:
@@ -34,22 +37,35 @@ def write_intent_table(
     vectors: np.ndarray,
     raw: np.ndarray,
     records: Iterable[Mapping[str, Any]],
+    *,
+    item_tokens: Sequence[str],
+    item_vectors: np.ndarray,
 ) -> Path:
     """Write the table atomically into ``folder`` (replacing an older one) and return it.
 
-    ``meta`` is completed with ``n_keys``, ``keys_sha1``, ``d_text`` and ``views`` checks.
+    ``item_tokens``/``item_vectors``: the catalogue (order of ``items.txt``) and its text embeddings
+    ``[n_items, d_text]`` from the encoder that embedded the answers. ``meta`` is completed with
+    ``n_keys``, ``keys_sha1``, ``d_text`` and ``n_items``; shapes and views are checked.
     """
     folder = Path(folder)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     raw = np.ascontiguousarray(raw, dtype=np.float32)
+    item_tokens = [str(t) for t in item_tokens]
+    item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     if vectors.ndim != 3 or vectors.shape != raw.shape or vectors.shape[0] != len(keys):
         raise ValueError(f"vectors {vectors.shape} / raw {raw.shape} must both be [n_keys={len(keys)}, n_views, d]")
+    if item_vectors.ndim != 2 or item_vectors.shape != (len(item_tokens), vectors.shape[2]):
+        raise ValueError(
+            f"item_vectors {item_vectors.shape} must be [n_items={len(item_tokens)}, d_text={vectors.shape[2]}]"
+        )
+    if any("\n" in t or not t.strip() or t != t.strip() for t in item_tokens) or len(set(item_tokens)) != len(item_tokens):
+        raise ValueError("item tokens must be unique, non-empty, without surrounding spaces or newlines")
     if len(meta.get("views", ())) != vectors.shape[1]:
         raise ValueError(f"meta['views'] names {len(meta.get('views', ()))} views, the arrays hold {vectors.shape[1]}")
     if any("\n" in k or not k for k in keys) or len(set(keys)) != len(keys):
         raise ValueError("keys must be unique, non-empty and without newlines")
     meta = dict(meta)
-    meta.update(n_keys=len(keys), keys_sha1=keys_sha1(keys), d_text=int(vectors.shape[2]))
+    meta.update(n_keys=len(keys), keys_sha1=keys_sha1(keys), d_text=int(vectors.shape[2]), n_items=len(item_tokens))
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -59,6 +75,9 @@ def write_intent_table(
             f.writelines(k + "\n" for k in keys)
         np.save(tmp / VECTORS, vectors)
         np.save(tmp / RAW, raw)
+        with open(tmp / ITEMS_TXT, "w", encoding="utf-8") as f:
+            f.writelines(t + "\n" for t in item_tokens)
+        np.save(tmp / ITEMS_NPY, item_vectors)
         with open(tmp / ANSWERS, "w", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -110,15 +129,27 @@ def read_keys(folder: Path | str) -> List[str]:
 
 
 class IntentTable:
-    """A loaded intent table. ``row(key)`` is the row of a prefix key in ``vectors`` and ``raw``."""
+    """A loaded intent table. ``row(key)`` is the row of a prefix key in ``vectors`` and ``raw``;
+    ``item_tokens[i]`` is the item whose text embedding is ``item_vectors[i]`` (same space as ``raw``)."""
 
-    def __init__(self, path: Path, meta: Dict[str, Any], keys: List[str], vectors: np.ndarray, raw: np.ndarray):
+    def __init__(
+        self,
+        path: Path,
+        meta: Dict[str, Any],
+        keys: List[str],
+        vectors: np.ndarray,
+        raw: np.ndarray,
+        item_tokens: List[str],
+        item_vectors: np.ndarray,
+    ):
         self.path = Path(path)
         self.meta = meta
         self.keys = keys
         self.views: List[str] = list(meta["views"])
         self.vectors = vectors
         self.raw = raw
+        self.item_tokens = item_tokens
+        self.item_vectors = item_vectors
         self._index = {k: i for i, k in enumerate(keys)}
 
     def __len__(self) -> int:
@@ -159,10 +190,23 @@ def load_intent_table(path: Path | str, mmap: bool = False) -> IntentTable:
     meta = read_meta(path)
     if meta is None:
         raise FileNotFoundError(f"no intent table at {path} (meta.json missing): build it with python -m recbole_llm4sbr.intent --dataset=<ds>")
+    if not (path / ITEMS_TXT).is_file() or not (path / ITEMS_NPY).is_file():
+        raise ValueError(
+            f"intent table {path} (format_version {meta.get('format_version')}) has no {ITEMS_TXT}/{ITEMS_NPY}: "
+            f"it predates them; rebuild it (python -m recbole_llm4sbr.intent --dataset={meta.get('dataset', '<ds>')} --force)"
+        )
     keys = read_keys(path)
     mode = "r" if mmap else None
     vectors = np.load(path / VECTORS, mmap_mode=mode)
     raw = np.load(path / RAW, mmap_mode=mode)
+    with open(path / ITEMS_TXT, encoding="utf-8") as f:
+        item_tokens = [line.rstrip("\n") for line in f if line.strip()]
+    item_vectors = np.load(path / ITEMS_NPY, mmap_mode=mode)
     if len(keys) != meta.get("n_keys", len(keys)) or vectors.shape[0] != len(keys) or raw.shape != vectors.shape:
         raise ValueError(f"intent table {path} is inconsistent (keys {len(keys)}, vectors {vectors.shape}, raw {raw.shape}): rebuild it")
-    return IntentTable(path, meta, keys, vectors, raw)
+    if item_vectors.ndim != 2 or item_vectors.shape != (len(item_tokens), vectors.shape[2]):
+        raise ValueError(
+            f"intent table {path} is inconsistent (items.txt {len(item_tokens)} tokens, items.npy {item_vectors.shape}, "
+            f"d_text {vectors.shape[2]}): rebuild it"
+        )
+    return IntentTable(path, meta, keys, vectors, raw, item_tokens, item_vectors)

@@ -2,7 +2,8 @@
 
 Lazy because each LLM backend pulls in a heavy stack (transformers, vLLM, an HTTP client) that the
 other backends' environments may not have. ``auto`` picks the strongest backend this machine can
-run and says so in one log line.
+run and says so in one log line; ``resolve_samples`` says what ``intent_samples: auto`` means for
+the backend chosen (``typical`` for an LLM on a CPU, else ``all``).
 """
 from __future__ import annotations
 
@@ -59,6 +60,36 @@ def choose_auto(settings: Mapping[str, Any]) -> Tuple[str, str]:
     )
 
 
+def _llm_device_is_cpu(settings: Mapping[str, Any]) -> bool:
+    """Where the transformers backend would run: ``intent_device`` (auto = CUDA when torch sees one)."""
+    dev = str(settings.get("intent_device") or "auto").strip().lower()
+    if dev in ("", "auto", "none"):
+        return not _cuda_available()
+    return dev == "cpu"
+
+
+#: what ``intent_samples`` may say
+SAMPLES = ("auto", "all", "typical")
+
+
+def resolve_samples(settings: Mapping[str, Any], backend: str) -> Tuple[str, str]:
+    """``intent_samples`` for the resolved ``backend``: (``all`` | ``typical``, why).
+
+    ``auto`` = ``typical`` (EIMF: LLM calls for cluster exemplars only, ``intent_budget`` per view)
+    when the LLM runs on a CPU (the transformers backend on ``intent_device`` cpu, or auto without
+    CUDA), where asking about every prefix would take hours; ``all`` (every prefix, the paper) with
+    vLLM or transformers on a GPU, an OpenAI-compatible server, or the LLM-free ``text`` backend.
+    """
+    mode = str(settings.get("intent_samples") or "all").strip().lower()
+    if mode not in SAMPLES:
+        raise IntentError(f"unknown intent_samples {mode!r}: choose auto, all or typical")
+    if mode != "auto":
+        return mode, "set explicitly"
+    if backend == "transformers" and _llm_device_is_cpu(settings):
+        return "typical", "the LLM runs on a CPU: only cluster exemplars are asked (intent_budget per view)"
+    return "all", f"backend {backend} asks the LLM (or the text rule) about every prefix"
+
+
 def resolve_backend_name(settings: Mapping[str, Any], logger: Optional[logging.Logger] = None) -> str:
     """The concrete backend for ``intent_backend`` (resolving ``auto``, logging its choice once)."""
     name = str(settings.get("intent_backend") or "auto").strip().lower()
@@ -104,4 +135,4 @@ def get_backend(settings: Mapping[str, Any], logger: Optional[logging.Logger] = 
         raise IntentError(f"intent_backend {name!r} could not start: {e}") from e
 
 
-__all__ = ["Backend", "REGISTRY", "choose_auto", "resolve_backend_name", "backend_class", "get_backend"]
+__all__ = ["Backend", "REGISTRY", "choose_auto", "resolve_backend_name", "resolve_samples", "backend_class", "get_backend"]
