@@ -52,7 +52,9 @@ class LLM4SBRDataset(SequentialDataset):
     The key (``intent.keys.prefix_key`` of the prefix's item tokens) is added when the files load,
     so any RecBole session benchmark dataset works; RecBole remaps it to ids like any token field
     and every batch carries it. ``intent_vectors[id]`` is the stage-1 intent of that prefix,
-    ``[num_keys, n_views, d_text]``, row 0 (padding) zero.
+    ``[num_keys, n_views, d_text]``, row 0 (padding) zero. ``item_text_vectors[item id]`` is the
+    item's text embedding from the same table (``[item_num, d_text]``, row 0 zero; None when the table
+    has none), the target of EIMF's semantic prediction task.
     """
 
     def __init__(self, config):
@@ -65,6 +67,7 @@ class LLM4SBRDataset(SequentialDataset):
         check_benchmark_files(config["data_path"], config["dataset"], parts)
         super().__init__(config)
         self.intent_views, self.intent_vectors, self.intent_table_path = [], None, None
+        self.item_text_vectors = None
         if config["load_intent"]:
             self._attach_intents()
 
@@ -92,3 +95,5 @@ class LLM4SBRDataset(SequentialDataset):
         self.intent_views = list(table.views)
         self.intent_vectors = torch.from_numpy(vectors)
         self.intent_table_path = str(table.path)
+        item_text = table.item_text_matrix(self.field2id_token[self.iid_field])
+        self.item_text_vectors = None if item_text is None else torch.from_numpy(item_text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +26,27 @@ class DatasetIntents:
     raw: np.ndarray  # the answer's own embedding (no localization)
     meta: dict
     index: Dict[str, int] = field(default_factory=dict)
+    #: the catalogue's text embeddings (stage 1's encoder; items.txt / items.npy), None in older tables
+    item_tokens: Optional[List[str]] = None
+    item_vectors: Optional[np.ndarray] = None  # [n_items, d_text]
+
+    def item_text_matrix(self, id2token: Sequence[str]) -> Optional[np.ndarray]:
+        """The text embeddings in the dataset's item-id order, ``[len(id2token), d_text]``; row 0
+        (padding) zero. None when the table has no catalogue embeddings. ValueError naming the items
+        the table lacks."""
+        if self.item_vectors is None or self.item_tokens is None:
+            return None
+        row_of = {tok: i for i, tok in enumerate(self.item_tokens)}
+        rows = [row_of.get(tok, -1) for tok in id2token[1:]]
+        missing = [tok for tok, row in zip(id2token[1:], rows) if row < 0]
+        if missing:
+            raise ValueError(
+                f"Intent table {self.path} has no text embedding for {len(missing)} of the dataset's items "
+                f"(e.g. {missing[:5]}): it is stale. Fix: rerun stage 1 with --force.")
+        vectors = np.asarray(self.item_vectors, dtype=np.float32)
+        out = np.zeros((len(id2token), vectors.shape[1]), dtype=np.float32)
+        out[1:] = vectors[np.asarray(rows, dtype=np.int64)]
+        return out
 
     def array(self, config) -> np.ndarray:
         """Grounded intents, or the answers' own embeddings with ``intent_localization: False``."""
@@ -45,5 +66,9 @@ def load_dataset_intents(config, logger=None) -> DatasetIntents:
             f"Intent table {path}: {len(keys)} prefixes, views {list(table.views)}, backend "
             f"{meta.get('backend')} ({meta.get('backend_info', {}).get('model', '-')}), encoder {meta.get('encoder')}, r={meta.get('topr')}"
         )
+    item_tokens = getattr(table, "item_tokens", None)
+    item_vectors = getattr(table, "item_vectors", None)
     return DatasetIntents(Path(path), keys, list(table.views), np.asarray(table.vectors),
-                          np.asarray(table.raw), dict(table.meta), {k: i for i, k in enumerate(keys)})
+                          np.asarray(table.raw), dict(table.meta), {k: i for i, k in enumerate(keys)},
+                          None if item_tokens is None else list(item_tokens),
+                          None if item_vectors is None else np.asarray(item_vectors, dtype=np.float32))

@@ -5,10 +5,14 @@ scalar ``a_v = q_v^T sigmoid(H_b(v) + h~_v)`` and its segment ``H_b(v) * a_v``. 
 no intent view is paired with (an ablation without that view) enters unweighted, so dropping a view
 drops only its LLM signal. ``H_sess = W [segments]`` keeps the base model's hidden size, so the
 base's own prediction layer and loss run unchanged.
+
+Without intents (``intents=None``: LLM-free serving, ``semantic_at_inference: False``) each gate reads
+its behaviour view alone, ``a_v = q_v^T sigmoid(H_b(v))``: same parameters and shapes, no intent
+input, and the model trains and serves on exactly this path.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -32,11 +36,13 @@ class GatedFusion(nn.Module):
         n_segments = len(self.views) + len(self.unpaired)
         self.out = nn.Linear(n_segments * hidden_size, hidden_size, bias=False)
 
-    def forward(self, behaviour: Dict[str, torch.Tensor], intents: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, behaviour: Dict[str, torch.Tensor],
+                intents: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         segments = []
         for view in self.views:
             h = behaviour[self.pairing[view]]
-            gate = self.gates[view](torch.sigmoid(h + intents[view]))  # [B, 1]
+            gate_in = h if intents is None else h + intents[view]
+            gate = self.gates[view](torch.sigmoid(gate_in))  # [B, 1]
             segments.append(h * gate)
         segments.extend(behaviour[b] for b in self.unpaired)
         return self.out(torch.cat(segments, dim=-1))

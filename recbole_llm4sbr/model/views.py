@@ -229,7 +229,8 @@ class BERT4RecMixin:
       representation (CE over all items, or BPR against one uniform negative with ``loss_type:
       BPR``), scored as BERT4Rec's predict does (item embeddings + ``output_bias``); the sum is the
       base loss, the alignment-uniformity term the second.
-    * ``predict``/``full_sort_predict``: the base's scoring of the fused representation.
+    * ``predict``/``full_sort_predict``: the base's scoring of the fused representation (without
+      prefix keys when ``semantic_at_inference`` is False).
     """
 
     def forward(self, item_seq, item_seq_len=None):
@@ -261,10 +262,10 @@ class BERT4RecMixin:
         return seq_output @ self.item_embedding.weight[: self.n_items].t() + self.output_bias
 
     def predict(self, interaction):
-        return self._with_keys(interaction, self._bert_predict)
+        return self._scoring(interaction, self._bert_predict)
 
     def full_sort_predict(self, interaction):
-        return self._with_keys(interaction, self._bert_full_sort_predict)
+        return self._scoring(interaction, self._bert_full_sort_predict)
 
 
 class FEARecMixin:
