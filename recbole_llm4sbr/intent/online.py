@@ -1,0 +1,145 @@
+"""Stage 1 for one prefix at serving time: prompt -> backend -> clean -> encode -> localize.
+
+Serving an LLM4SBR model (``semantic_at_inference: True``) needs the intent of every session it
+scores. A prefix already in the intent table uses its row; for a new prefix ``OnlineIntents.infer``
+runs exactly the steps ``pipeline.build_intent_table`` runs for each prefix, with the same settings,
+the same backend as the table (``meta["backend"]``), the same encoder, and the table's own catalogue
+embeddings (``items.npy``) for the localization, so the vector is the one the table would hold.
+Backend, encoder and catalogue load once per ``OnlineIntents`` (the serving process keeps one).
+
+Imports no RecBole (stage 1 runs in an LLM-only environment).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import encoder as enc
+from .backends import get_backend, resolve_backend_name
+from .clean import clean_answer, fallback_answer
+from .keys import prefix_key
+from .localization import localize
+from .pipeline import read_item_text
+from .prompts import build_prompt, check_template
+from .settings import IntentError, answer_max_chars, intent_views, normalize_settings
+from .table import load_intent_table, read_meta
+
+_log = logging.getLogger("recbole_llm4sbr.intent")
+
+
+@dataclass
+class OnlineIntent:
+    """The intent of one prefix, as one row of an intent table would hold it."""
+
+    key: str
+    prefix: List[str]
+    views: List[str]
+    vectors: np.ndarray  # grounded (Eq. 4-5), [n_views, d_text]
+    raw: np.ndarray  # the answer's own embedding, [n_views, d_text]
+    record: Dict[str, Any]  # as a line of answers.jsonl: {"key", "prefix", "views": {view: {answer, items, sims}}}
+
+
+class OnlineIntents:
+    """Stage 1 for single prefixes with the settings (and, when given, the table) of a trained model.
+
+    ``settings``: the stage-1 settings the table was built with (a dict; stage 2 passes
+    ``data.intents.stage1_settings(config)``). ``table_path``: that table's folder, whose backend and
+    catalogue embeddings are reused; without it the backend is resolved from the settings and the
+    catalogue is encoded once.
+    """
+
+    def __init__(self, settings: Mapping[str, Any], table_path: Optional[Path] = None,
+                 logger: Optional[logging.Logger] = None):
+        self.log = logger or _log
+        self.settings = normalize_settings(dict(settings))
+        self.views = intent_views(self.settings)  # ordered view -> qualifier
+        self.template = str(self.settings.get("intent_template") or "")
+        check_template(self.template, len(self.views))
+        self.table_path = Path(table_path) if table_path else None
+        meta = read_meta(self.table_path) if self.table_path else None
+        if meta is not None and list(meta.get("views", [])) != list(self.views):
+            raise IntentError(
+                f"intent table {self.table_path} has views {meta.get('views')}, the settings {list(self.views)}: "
+                "serve with the settings the table was built with")
+        self.backend_name = (meta or {}).get("backend") or resolve_backend_name(self.settings, self.log)
+        self.encoder_name = str((meta or {}).get("encoder") or self.settings.get("intent_encoder"))
+        self.topr = int((meta or {}).get("topr", self.settings.get("intent_topr") or 0) or 0)
+        self.max_chars = answer_max_chars(self.settings)
+        self.texts = read_item_text(self.settings)
+        self._backend = None
+        self._encoder = None
+        self._catalogue = None  # (tokens, vectors [n_items, d_text])
+        self._cache: Dict[str, OnlineIntent] = {}
+
+    # -- loaded once -----------------------------------------------------------------------------
+    def backend(self):
+        if self._backend is None:
+            self._backend = get_backend(self.settings, self.log, name=self.backend_name)
+        return self._backend
+
+    def encoder(self):
+        if self._encoder is None:
+            enc.set_cpu_threads(self.settings.get("torch_num_threads"))
+            device = self.settings.get("intent_encoder_device") or self.settings.get("intent_device")
+            self._encoder = enc.load_encoder(self.encoder_name, device)
+        return self._encoder
+
+    def catalogue(self):
+        """``(item tokens, text embeddings)``: the table's ``items.npy`` when there is a table."""
+        if self._catalogue is None:
+            table = load_intent_table(self.table_path, mmap=True) if self.table_path else None
+            tokens = getattr(table, "item_tokens", None) if table is not None else None
+            if tokens is not None:
+                self._catalogue = (list(tokens), np.asarray(table.item_vectors, dtype=np.float32))
+            else:
+                tokens = list(self.texts)
+                bs = int(self.settings.get("intent_encoder_batch_size") or 256)
+                vectors = enc.encode(self.encoder(), [self.texts[t] or t for t in tokens], bs, False)
+                self._catalogue = (tokens, vectors)
+        return self._catalogue
+
+    # -- one prefix ------------------------------------------------------------------------------
+    def infer(self, prefix: Sequence[str]) -> OnlineIntent:
+        """The intent of ``prefix`` (item tokens, oldest first) for every view of the settings."""
+        prefix = [str(t) for t in prefix]
+        if not prefix:
+            raise IntentError("an empty session has no intent: give at least one item token")
+        unknown = [t for t in prefix if t not in self.texts]
+        if unknown:
+            raise IntentError(f"item tokens {unknown} have no text in {self.settings['dataset']}.itemtext")
+        key = prefix_key(prefix)
+        if key in self._cache:
+            return self._cache[key]
+        names = list(self.views)
+        prompts = [build_prompt(self.template, prefix, self.texts, self.views[v]) for v in names]
+        answers = self.backend().generate(prompts)
+        item_ids = frozenset(self.texts)
+        cleaned, record = [], {"key": key, "prefix": prefix, "views": {}}
+        for view, answer in zip(names, answers):
+            text = clean_answer(answer, self.max_chars, item_ids) if answer is not None else ""
+            fell_back = None
+            if not text:
+                fell_back = "failed" if answer is None else "empty"
+                text = fallback_answer(self.texts.get(prefix[-1]) or prefix[-1])
+            cleaned.append(text)
+            record["views"][view] = {"answer": text, **({"fallback": fell_back} if fell_back else {})}
+        bs = int(self.settings.get("intent_encoder_batch_size") or 256)
+        a_emb = enc.encode(self.encoder(), cleaned, bs, False)
+        tokens, items = self.catalogue()
+        threshold = int(self.settings.get("intent_faiss_threshold") or 200_000)
+        loc, idx, sims = localize(a_emb, items, self.topr, threshold, self.log)
+        for j, view in enumerate(names):
+            record["views"][view]["items"] = [tokens[i] for i in idx[j]]
+            record["views"][view]["sims"] = [round(float(s), 6) for s in sims[j]]
+        result = OnlineIntent(key, prefix, names, loc.astype(np.float32), a_emb.astype(np.float32), record)
+        self._cache[key] = result
+        return result
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
