@@ -121,6 +121,7 @@ class ServedModel:
         self.online_enabled = online
         self._online = None
         self._table = None
+        self._answer_offsets = None
 
     # -- intents ---------------------------------------------------------------------------------
     def _stage1_settings(self):
@@ -150,6 +151,26 @@ class ServedModel:
 
             self._table = load_intent_table(self.dataset.intent_table_path, mmap=True)
         return self._table
+
+    def table_record(self, key: str) -> Optional[Dict[str, Any]]:
+        """The ``answers.jsonl`` record of ``key``: one seek, via a byte-offset index built once."""
+        if self._answer_offsets is None:
+            offsets = {}
+            with open(Path(self.dataset.intent_table_path) / "answers.jsonl", "rb") as f:
+                pos = 0
+                for line in f:
+                    start = line.find(b'"key": "')
+                    if start >= 0:
+                        offsets[line[start + 8: line.index(b'"', start + 8)].decode()] = pos
+                    pos += len(line)
+            self._answer_offsets = offsets
+        pos = self._answer_offsets.get(key)
+        if pos is None:
+            return None
+        with open(Path(self.dataset.intent_table_path) / "answers.jsonl", "rb") as f:
+            f.seek(pos)
+            record = json.loads(f.readline())
+        return record if record.get("key") == key else next(iter(self.table().answers([key])), None)
 
     def online(self):
         if self._online is None:
@@ -215,7 +236,7 @@ class ServedModel:
                 key_id = self.dataset.field2token_id[self.key_field].get(key)
                 if key_id is not None:  # a prefix of the dataset: its table row
                     scores = self.model.full_sort_predict(self.interaction(ids, key_id))
-                    record = next(iter(self.table().answers([key])), None)
+                    record = self.table_record(key)
                     intents, source = (record or {}).get("views"), "table"
                 else:
                     if not self.online_enabled:
