@@ -216,3 +216,17 @@ def test_online_stage1_imports_no_recbole_and_no_torch():
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_stock_model_checkpoint_serves_too(tmp_path):
+    """Any checkpoint the plugin's trainer saved: here stock SR-GNN (no intents at all)."""
+    from recbole_llm4sbr.quick_start import run_recbole_llm4sbr
+
+    torch.set_num_threads(1)
+    write_tiny_dataset(tmp_path / "data", n_sessions=60)
+    result = run_recbole_llm4sbr("SRGNN", "tiny", read_cmd_line=False, config_dict={
+        "data_path": str(tmp_path / "data"), "epochs": 1, "show_progress": False, "state": "WARNING",
+        "checkpoint_dir": str(tmp_path / "saved"), "embedding_size": 16})
+    rec = recommend(result["model_file"], ["101", "104", "107"], k=4)
+    assert len(rec.items) == 4 and rec.intents is None and rec.model == "SRGNN"
+    assert rec.scores == sorted(rec.scores, reverse=True)
