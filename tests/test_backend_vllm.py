@@ -72,6 +72,10 @@ def test_vllm_backend_answers(vllm_backend, tiny_chat_model):
     assert d["backend"] == "vllm" and d["model"] == tiny_chat_model and d["chat_template"] is True
     assert d["sampling"] == {"max_tokens": 8, "temperature": 0.0, "strategy": "greedy"}
     assert vllm_backend.count_tokens(["hello world"]) > 0
+    # the pipeline hands vLLM many prompts per call (it batches them itself), not intent_batch_size
+    from recbole_llm4sbr.intent.generation import chunk_size
+
+    assert vllm_backend.prompts_per_call == 1024 and chunk_size(vllm_backend, 8) == 1024
 
 
 def test_vllm_matches_transformers_greedy(vllm_backend, tiny_chat_model):
@@ -180,3 +184,48 @@ def test_vllm_packaged_gguf_alias(tmp_path_factory):
         assert answer.strip()
     finally:
         b.close()
+
+
+# ---- stage 1 end to end on vLLM; the table found again where vLLM cannot be imported --------------
+FOUND_WITHOUT_VLLM = """
+import sys
+sys.modules["vllm"] = None  # `import vllm` now fails: a training machine without vLLM
+import recbole_llm4sbr.intent.pipeline as pipeline
+from recbole_llm4sbr.intent import ensure_intent_table, load_settings
+from recbole_llm4sbr.intent.settings import parse_cli
+
+def refuse(*a, **k):
+    raise SystemExit("rebuilt: the table was not found")
+
+pipeline.build_intent_table = refuse
+overrides, _ = parse_cli(sys.argv[1:])
+print(ensure_intent_table(load_settings(overrides=overrides)))
+"""
+
+
+def test_stage1_cli_on_vllm_then_found_without_vllm(tiny_chat_model, tmp_path):
+    """`python -m recbole_llm4sbr.intent --intent_backend=vllm` builds the table (GPU box); the same
+    settings find it with no vLLM at all (training box): the tag comes from the config, not the engine."""
+    from recbole_llm4sbr.intent.table import load_intent_table
+    from test_intent_helpers import DS, subprocess_env, unique_prefix_count, write_dataset
+
+    write_dataset(tmp_path)
+    args = [f"--dataset={DS}", f"--data_path={tmp_path}", "--intent_backend=vllm",
+            f"--intent_model={tiny_chat_model}", "--intent_max_tokens=8", "--intent_batch_size=2",
+            "--vllm_dtype=float32", "--vllm_enforce_eager=True", "--vllm_max_model_len=1024",
+            "--show_progress=False"]
+    env = subprocess_env()
+    built = subprocess.run([sys.executable, "-m", "recbole_llm4sbr.intent", *args], env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stderr[-4000:]
+    folder = built.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    table = load_intent_table(folder)
+    assert Path(folder).name.startswith("vllm-") and table.meta["backend"] == "vllm"
+    assert table.meta["backend_info"]["vllm"] and table.meta["summary"]["sent"] == 2 * unique_prefix_count()
+    assert table.meta["summary"]["failed"] == 0
+
+    found = subprocess.run([sys.executable, "-c", FOUND_WITHOUT_VLLM, *args,
+                            "--vllm_tensor_parallel_size=4", "--vllm_gpu_memory_utilization=0.5"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-4000:]
+    assert found.stdout.strip().splitlines()[-1] == folder

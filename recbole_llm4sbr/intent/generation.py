@@ -41,6 +41,18 @@ def _call(backend: Backend, chunk: List[str]) -> List[str]:
     return answers
 
 
+def chunk_size(backend: Backend, batch_size: int) -> int:
+    """Prompts per ``backend.generate`` call (and per cache commit): ``batch_size``, or more when the
+    backend declares ``prompts_per_call`` (an engine that schedules its own batches, as vLLM does,
+    needs many prompts per call to fill them; chunks of ``intent_batch_size`` would starve it)."""
+    n = max(1, int(batch_size or 1))
+    try:
+        own = int(getattr(backend, "prompts_per_call", 0) or 0)
+    except (TypeError, ValueError):
+        own = 0
+    return max(n, own)
+
+
 def answer_prompts(
     backend: Backend,
     prompts: Sequence[str],
@@ -50,8 +62,9 @@ def answer_prompts(
     progress: bool = True,
 ) -> Tuple[List[Optional[str]], GenerationStats]:
     """One answer per prompt, in order; ``None`` where the backend failed twice (never silently: the
-    failures are counted and logged). Identical prompts are sent once; cached ones are not sent; each
-    chunk of ``batch_size`` prompts is committed to the cache as soon as it is answered."""
+    failures are counted and logged). Identical prompts are sent once; cached ones are not sent; the
+    rest go shortest first in chunks of ``batch_size`` prompts (or the backend's ``prompts_per_call``
+    when larger, see :func:`chunk_size`), each committed to the cache as soon as it is answered."""
     log = logger or _log
     start = time.perf_counter()
     info = backend.describe()
@@ -62,9 +75,12 @@ def answer_prompts(
     stats.unique = len(unique)
     answers: Dict[str, str] = cache.lookup(unique)
     stats.from_cache = len(answers)
-    missing = [p for p in unique if p not in answers]
+    # shortest first: a chunk then holds prompts of similar length, so a padding backend
+    # (transformers) pads about as little as over one call with all of them (answers are keyed by
+    # prompt, so the order sent never matters)
+    missing = sorted((p for p in unique if p not in answers), key=len)
     stats.sent = len(missing)
-    batch_size = max(1, int(batch_size or 1))
+    per_call = chunk_size(backend, batch_size)
 
     bar = None
     if missing and progress:
@@ -74,8 +90,8 @@ def answer_prompts(
     tokens = 0
     failed = 0
     try:
-        for i in range(0, len(missing), batch_size):
-            chunk = missing[i : i + batch_size]
+        for i in range(0, len(missing), per_call):
+            chunk = missing[i : i + per_call]
             got: Optional[List[str]] = None
             for attempt in (1, 2):
                 try:

@@ -9,7 +9,12 @@ Settings read: ``intent_model`` (resolved by :func:`recbole_llm4sbr.intent.model
 (engine seed and per-request seed), ``vllm_tensor_parallel_size``,
 ``vllm_gpu_memory_utilization``, ``vllm_max_model_len`` (lowered to the model's own
 ``max_position_embeddings`` for local folders that declare less), ``vllm_dtype``,
-``vllm_enforce_eager``, and optionally ``vllm_gguf_cache_dir``.
+``vllm_enforce_eager``, and optionally ``vllm_gguf_cache_dir`` and ``vllm_prompts_per_call``.
+
+``prompts_per_call`` (``vllm_prompts_per_call``, default 1024, never below ``intent_batch_size``):
+how many prompts the pipeline hands over per call (and commits to the answer cache at once). vLLM
+fills its running batch (``max_num_seqs``: 256 to 1024) from the prompts of one call, so chunks of
+``intent_batch_size`` (32) would leave most of a GPU idle.
 
 GGUF models (the packaged ``smollm2-135m-instruct`` alias among them): vLLM 0.32 has no GGUF loader,
 so the file is de-quantized ONCE with transformers into a Hugging Face folder (float32 safetensors +
@@ -34,6 +39,9 @@ from ..models import dequantized_hf_folder, resolve_model
 __all__ = ["VLLMBackend"]
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
+
+#: prompts per call from the pipeline (generation.chunk_size) unless vllm_prompts_per_call says
+DEFAULT_PROMPTS_PER_CALL = 1024
 
 _INSTALL_HINT = ("intent_backend=vllm needs the package 'vllm', which is not installed here: on a CUDA "
                  "machine `pip install vllm`; on CPU build the separate environment with "
@@ -84,6 +92,8 @@ class VLLMBackend(Backend):
         seed = s.get("intent_seed", 2024)
         self.seed = None if seed is None else int(seed)
         self.dtype = str(s.get("vllm_dtype", "auto") or "auto")
+        self.prompts_per_call = max(int(s.get("vllm_prompts_per_call") or DEFAULT_PROMPTS_PER_CALL),
+                                    int(s.get("intent_batch_size") or 1))
 
         if self.resolved["gguf_file"]:
             self.model_path = dequantized_hf_folder(self.resolved, s.get("vllm_gguf_cache_dir"), _log)
