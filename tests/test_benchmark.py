@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from recbole_llm4sbr.benchmark import aggregate as agg
-from recbole_llm4sbr.benchmark.runner import (Benchmark, git_commit, relevant_settings, settings_digest,
+from recbole_llm4sbr.benchmark.runner import (CELL_FORMAT, Benchmark, git_commit, relevant_settings, settings_digest,
                                               write_json_atomic)
 from recbole_llm4sbr.benchmark.variants import parse_bases, parse_seeds, parse_variants
 from recbole_llm4sbr.data import intents as intents_module
@@ -244,3 +244,35 @@ def test_a_crash_loses_only_the_cell_in_progress(tiny):
     bench, _ = run_benchmark("tiny", "GRU4Rec", "base", "2", **kwargs)
     assert calls == ["GRU4Rec", "GRU4Rec", "GRU4Rec"]  # seed 2020, the crash (seed 2021), seed 2021 again
     assert len(bench.finished()) == 2
+
+
+def test_concurrent_runs_share_cells_and_take_over_stale_locks(tmp_path):
+    """A cell held by a live benchmark process is skipped (no double training), one finished meanwhile is
+    not retrained, and the lock of a process that died is taken over."""
+    import subprocess
+    import sys
+
+    trained = []
+
+    def trainer(model, dataset, files, config_dict, **kwargs):
+        trained.append((model, config_dict["seed"]))
+        # meanwhile another process finishes the next cell
+        bench.cell_path(meanwhile).write_text('{"format": %d, "test_result": {}}' % CELL_FORMAT)
+        return {"test_result": {"recall@20": 0.1, "mrr@20": 0.01}, "best_epoch": 0}
+
+    bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1, 2, 3], {}, tmp_path, trainer=trainer, commit="abc")
+    held, stale, meanwhile = bench.plan()
+    bench.cells_dir.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        bench.cell_path(held).with_suffix(".lock").write_text(str(sleeper.pid))
+        bench.cell_path(stale).with_suffix(".lock").write_text(str(dead.pid))
+        bench.run()
+    finally:
+        sleeper.kill()
+    assert trained == [("GRU4Rec", 2)]  # only the stale-locked cell; not the held one, not the one finished meanwhile
+    assert bench.load(held) is None and bench.load(stale)["test_result"]["recall@20"] == 0.1
+    assert not bench.cell_path(stale).with_suffix(".lock").exists()
+    assert bench.cell_path(held).with_suffix(".lock").exists()  # the live holder's lock is left alone

@@ -321,6 +321,16 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -429,10 +439,16 @@ class Benchmark:
         durations: Dict[tuple, List[float]] = {}
         for i, cell in enumerate(todo):
             t0 = time.perf_counter()
+            claim = self.claim(cell)
+            if claim is None:  # finished or being trained by another benchmark process meanwhile
+                continue
             log.info(f"[{done + i + 1}/{len(plan)}] {cell.base} / {cell.variant} / seed {cell.seed}: "
                      f"training {cell.model}")
-            measured = self.trainer(cell.model, self.dataset, self.config_files or None, self.config_dict(cell),
-                                    inference_repeats=self.inference_repeats, known_meta=self.stage1)
+            try:
+                measured = self.trainer(cell.model, self.dataset, self.config_files or None, self.config_dict(cell),
+                                        inference_repeats=self.inference_repeats, known_meta=self.stage1)
+            finally:
+                claim.unlink(missing_ok=True)
             data = {
                 "format": CELL_FORMAT,
                 "id": cell.id,
@@ -463,6 +479,38 @@ class Benchmark:
         if report is not None and not todo:
             report(self)
         return self.finished()
+
+    def claim(self, cell: Cell) -> Optional[Path]:
+        """Claim ``cell`` for this process: its lock file (``<id>.lock``, holding the pid), or None when
+        the cell is finished or another live benchmark process holds it. Several benchmark runs over
+        the same results folder (e.g. ``--variants=base`` and ``--variants=text`` side by side on two
+        cores) thus share the cells they have in common instead of training them twice; a lock left
+        by a killed process (its pid is gone) is taken over."""
+        if self.load(cell) is not None:
+            log.info(f"{cell.id}: finished by another benchmark run meanwhile; skipped")
+            return None
+        lock = self.cell_path(cell).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _pid_alive(pid):
+                    log.info(f"{cell.id}: being trained by process {pid}; skipped here")
+                    return None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            if self.load(cell) is not None:  # finished between the first check and the claim
+                lock.unlink(missing_ok=True)
+                return None
+            return lock
+        return None
 
     @staticmethod
     def _eta(left: Sequence[Cell], durations: Dict[tuple, List[float]]) -> float:
