@@ -182,3 +182,14 @@ def test_kill_9_mid_run_then_rerun_sends_only_the_missing(tmp_path):
     third = Counting({})
     _, st3 = _run(third, prompts, db)
     assert third.sent == [] and st3.sent == 0 and st3.from_cache == n
+
+
+def test_cache_key_is_answer_key_byte_for_byte(tmp_path):
+    """The cache's fast key (serialised head) must equal answer_key, or every existing cache is lost."""
+    info = {"backend": "transformers", "model": "m", "temperature": 0.7, "nested": {"b": 1, "a": [1, 2]}, "x": None}
+    cache = AnswerCache(tmp_path / "a.sqlite", info, "tv-1")
+    try:
+        for prompt in ["", "plain", 'quotes " and \\ backslash', "ünïcødé — 映画\n2. line", "]", "\t\x00"]:
+            assert cache.key(prompt) == answer_key(info, "tv-1", prompt)
+    finally:
+        cache.close()
