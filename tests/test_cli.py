@@ -20,7 +20,7 @@ def run_cli(args, cwd):
 def test_llm4sbr_and_stock_model_end_to_end(tmp_path):
     write_tiny_dataset(tmp_path / "data", n_sessions=90)
     common = ["--dataset=tiny", f"--data_path={tmp_path / 'data'}", "--epochs=2", "--show_progress=False",
-              "--embedding_size=16"]
+              "--embedding_size=16", "--intent_backend=text"]  # overall.yaml's auto may pick a real LLM
     out = run_cli(["--model=LLM4SBR_SRGNN", *common], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(
 def test_transformers_backend_end_to_end(tmp_path, tiny_chat_model):
     write_dataset(tmp_path)
     s = base_settings(tmp_path, intent_backend="transformers", intent_model=tiny_chat_model,
-                      intent_device="cpu", intent_max_tokens=8, intent_batch_size=4)
+                      intent_device="cpu", intent_max_tokens=8, intent_batch_size=4,
+                      intent_samples="all")  # auto would be typical here (an LLM on a CPU)
     folder = ensure_intent_table(s)
     t = load_intent_table(folder)
     n = unique_prefix_count()

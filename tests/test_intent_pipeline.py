@@ -170,11 +170,11 @@ def test_missing_benchmark_file(tmp_path):
         ensure_intent_table(base_settings(tmp_path))
 
 
-def test_unknown_backend_and_typical(data):
+def test_unknown_backend_and_samples(data):
     with pytest.raises(IntentError, match="unknown intent_backend"):
         ensure_intent_table(base_settings(data, intent_backend="nope"))
-    with pytest.raises(IntentError, match="not implemented yet"):
-        build_intent_table(base_settings(data, intent_samples="typical"))
+    with pytest.raises(IntentError, match="unknown intent_samples"):
+        build_intent_table(base_settings(data, intent_samples="some"))
 
 
 def test_format_1_table_is_stale_not_a_crash(data, caplog):

@@ -99,6 +99,25 @@ def load_encoder(name: str, device: Optional[str] = None) -> Any:
     return model
 
 
+def unload(name: str, device: Optional[str] = None) -> None:
+    """Forget the loaded encoder for ``name`` on ``device`` and give its GPU memory back (a later
+    ``load_encoder`` loads it again): stage 1 frees the GPU for the LLM this way."""
+    model = _LOADED.pop((resolve_encoder(name), resolve_device(device)), None)
+    if model is None:
+        return
+    del model
+    try:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
 def encode(model: Any, texts: Sequence[str], batch_size: int = 256, progress: bool = True, desc: str = "encode") -> np.ndarray:
     """``[len(texts), d]`` float32, each row of unit L2 norm."""
     if len(texts) == 0:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import encoder as enc
-from .backends import get_backend, resolve_backend_name
+from .backends import get_backend, resolve_backend_name, resolve_samples
 from .cache import CACHE_FILE, AnswerCache
 from .clean import clean_answer, fallback_answer
 from .generation import answer_prompts
@@ -31,10 +31,12 @@ from .settings import (
     dataset_dir,
     intent_views,
     normalize_settings,
+    prompt_max_items,
     sampling,
     table_identity,
     table_tag,
 )
+from .typical import TypicalPlan, plan_typical
 from .table import ITEMS_NPY, ITEMS_TXT, read_keys, read_meta, write_intent_table
 
 SPLITS = ("train", "valid", "test")
@@ -172,19 +174,36 @@ def file_sha1(path: Path) -> str:
 # ---- which prefixes get an LLM call ---------------------------------------------------------------
 
 
-def plan_llm_calls(settings: Mapping[str, Any], prefixes: Mapping[str, Sequence[str]], logger: Optional[logging.Logger] = None) -> Dict[str, str]:
-    """``{prefix key: key of the prefix whose answers it uses}``: the ONE place that decides which
-    prefixes are sent to the LLM (the values). ``all``: every prefix answers for itself.
+def plan_llm_calls(
+    settings: Mapping[str, Any],
+    prefixes: Mapping[str, Sequence[str]],
+    logger: Optional[logging.Logger] = None,
+    *,
+    samples: str = "all",
+    train_keys: Sequence[str] = (),
+    item_tokens: Optional[Sequence[str]] = None,
+    item_vectors: Optional[np.ndarray] = None,
+) -> Tuple[Dict[str, str], Optional[TypicalPlan]]:
+    """``({prefix key: key of the prefix whose answers it uses}, typical plan or None)``: the ONE
+    place that decides which prefixes are sent to the LLM (the values).
 
-    ``typical`` (EIMF: cluster the prefixes, ask the LLM about exemplars only, within
-    ``intent_budget``) will map each prefix to its cluster's exemplar here; nothing else changes.
+    ``samples`` is the RESOLVED ``intent_samples`` (``resolve_samples``). ``all``: every prefix
+    answers for itself. ``typical`` (EIMF): the train prefixes (``train_keys``) are clustered on the
+    mean text embedding of their items (``item_tokens``/``item_vectors``), ``intent_budget``
+    clusters; each cluster's exemplar is asked, every prefix (valid and test included, never
+    clustered, targets never read) uses the exemplar nearest to it.
     """
-    mode = str(settings.get("intent_samples") or "all")
-    if mode == "all":
-        return {k: k for k in prefixes}
-    if mode == "typical":
-        raise IntentError("intent_samples: typical (EIMF exemplars) is not implemented yet: use intent_samples: all")
-    raise IntentError(f"unknown intent_samples {mode!r}: choose all or typical")
+    if samples == "all":
+        return {k: k for k in prefixes}, None
+    if samples == "typical":
+        if item_tokens is None or item_vectors is None:
+            raise IntentError("intent_samples: typical needs the catalogue's text embeddings (item_tokens, item_vectors)")
+        tp = plan_typical(
+            prefixes, train_keys, item_tokens, item_vectors, settings.get("intent_budget"),
+            int(settings.get("intent_seed") or 0), logger,
+        )
+        return tp.plan, tp
+    raise IntentError(f"unknown intent_samples {samples!r}: choose all or typical")
 
 
 # ---- the table ------------------------------------------------------------------------------------
@@ -216,20 +235,46 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
     folder = table_folder(settings, backend_name)
     timings: Dict[str, float] = {}
 
-    # prompting: inputs and one prompt per (LLM prefix, view)
+    samples_mode, _ = resolve_samples(settings, backend_name)
+    max_items = prompt_max_items(settings, samples_mode)
+
+    # inputs
     t0 = time.perf_counter()
     samples = read_samples(settings)
     prefixes = unique_prefixes(samples)
     texts = read_item_text(settings)
     check_item_text(settings, prefixes, texts)
-    plan = plan_llm_calls(settings, prefixes, log)
+    timings["prompting"] = time.perf_counter() - t0
+
+    # the catalogue first, with the encoder that will embed the answers: typical samples cluster on
+    # it; on a GPU the (small) encoder is freed again before the LLM starts
+    t0 = time.perf_counter()
+    enc.set_cpu_threads(settings.get("torch_num_threads"))
+    enc_name = str(settings.get("intent_encoder"))
+    enc_device = enc.resolve_device(settings.get("intent_encoder_device") or settings.get("intent_device"))
+    bs = int(settings.get("intent_encoder_batch_size") or 256)
+    catalogue = list(texts)
+    model = enc.load_encoder(enc_name, enc_device)
+    i_emb = enc.encode(model, [texts[t] or t for t in catalogue], bs, progress, desc="encode items")
+    if enc_device != "cpu":
+        del model
+        enc.unload(enc_name, enc_device)
+    timings["encoding"] = time.perf_counter() - t0
+
+    # which prefixes the LLM is asked about, and one prompt per (asked prefix, view)
+    t0 = time.perf_counter()
+    plan, tplan = plan_llm_calls(
+        settings, prefixes, log, samples=samples_mode,
+        train_keys=[s.key for s in samples if s.split == "train"], item_tokens=catalogue, item_vectors=i_emb,
+    )
     asked = list(dict.fromkeys(plan.values()))
     view_names = list(views)
-    prompts = [build_prompt(template, prefixes[k], texts, views[v]) for k in asked for v in view_names]
-    timings["prompting"] = time.perf_counter() - t0
+    prompts = [build_prompt(template, prefixes[k], texts, views[v], max_items) for k in asked for v in view_names]
+    timings["prompting"] += time.perf_counter() - t0
     log.info(
         f"stage 1 for {settings['dataset']}: {len(samples)} samples, {len(prefixes)} unique prefixes, "
-        f"{len(asked)} x {len(view_names)} views = {len(prompts)} prompts, backend {backend_name} -> {folder}"
+        f"intent_samples {samples_mode}: {len(asked)} asked x {len(view_names)} views = {len(prompts)} prompts, "
+        f"backend {backend_name} -> {folder}"
     )
 
     # LLM
@@ -269,17 +314,13 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
             f"({n_empty} empty after cleaning, {n_failed} failed)"
         )
 
-    # encoding: unique answer texts and the catalogue, with the same encoder
+    # encoding: the unique answer texts, with the catalogue's encoder
     t0 = time.perf_counter()
-    enc.set_cpu_threads(settings.get("torch_num_threads"))
-    model = enc.load_encoder(str(settings.get("intent_encoder")), settings.get("intent_encoder_device") or settings.get("intent_device"))
-    bs = int(settings.get("intent_encoder_batch_size") or 256)
+    model = enc.load_encoder(enc_name, enc_device)
     uniq_answers = list(dict.fromkeys(cleaned.values()))
     a_row = {t: i for i, t in enumerate(uniq_answers)}
-    catalogue = list(texts)
     a_emb = enc.encode(model, uniq_answers, bs, progress, desc="encode answers")
-    i_emb = enc.encode(model, [texts[t] or t for t in catalogue], bs, progress, desc="encode items")
-    timings["encoding"] = time.perf_counter() - t0
+    timings["encoding"] += time.perf_counter() - t0
 
     # localization (Eq. 4-5) on unique answers, then scattered into [n_keys, n_views, d]
     t0 = time.perf_counter()
@@ -306,11 +347,13 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
             if (src, v) in fell_back:
                 entry["fallback"] = fell_back[(src, v)]
             rec["views"][v] = entry
-        if src != k:
-            rec["from"] = src
+        if tplan is not None:
+            rec["exemplar"] = src
         records.append(rec)
     timings["localization"] = time.perf_counter() - t0
 
+    direct = set(asked)  # prefixes whose own prompt was sent (an exemplar, or every prefix with all)
+    n_direct = sum(s.key in direct for s in samples)
     summary: Dict[str, Any] = {
         "samples": len(samples),
         "unique prefixes": len(prefixes),
@@ -321,6 +364,12 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
         "failed": gstats.failed,
         "fallbacks": len(fell_back),
         "fallbacks empty": n_empty,
+        "intent_samples": samples_mode,
+        **({"exemplars": len(tplan.exemplars)} if tplan is not None else {}),
+        "LLM prompts per view": len(asked),
+        "LLM prompts": len(prompts),
+        "samples with a direct answer": n_direct,
+        "direct answer fraction": round(n_direct / max(len(samples), 1), 4),
         "time prompting": timings["prompting"],
         "time LLM": timings["LLM"],
         "time encoding": timings["encoding"],
@@ -339,10 +388,18 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
         "encoder": str(settings.get("intent_encoder")),
         "encoder_path": enc.resolve_encoder(str(settings.get("intent_encoder"))),
         "topr": topr,
-        "intent_samples": str(settings.get("intent_samples") or "all"),
+        "intent_samples": samples_mode,
+        "prompt_max_items": max_items,
         "answer_max_chars": max_chars,
         "itemtext_sha1": file_sha1(itemtext_path(settings)),
         "table_settings": table_identity(settings, backend_name),
+        **({"typical": {
+            "budget": settings.get("intent_budget"),
+            "k": tplan.budget,
+            "exemplars": len(tplan.exemplars),
+            "train_prefixes": tplan.train_prefixes,
+            "kmeans_steps": tplan.iterations,
+        }} if tplan is not None else {}),
         "summary": summary,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

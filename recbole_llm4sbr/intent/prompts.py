@@ -39,8 +39,14 @@ def format_items(prefix: Sequence[str], item_text: Mapping[str, str]) -> str:
     return "\n".join(f"{n}. {item_text[tok]}_{tok}" for n, tok in enumerate(prefix, start=1))
 
 
-def build_prompt(template: str, prefix: Sequence[str], item_text: Mapping[str, str], qualifier: str) -> str:
-    """The user message for one (prefix, view)."""
+def build_prompt(
+    template: str, prefix: Sequence[str], item_text: Mapping[str, str], qualifier: str, max_items: int = 0
+) -> str:
+    """The user message for one (prefix, view). ``max_items`` > 0 (``intent_prompt_max_items``) lists
+    only the prefix's last ``max_items`` items (numbered from 1): shorter prompts for a small CPU
+    LLM; 0 lists the whole prefix (the paper)."""
+    if max_items and max_items > 0:
+        prefix = list(prefix)[-int(max_items):]
     values = {ITEMS: format_items(prefix, item_text), QUALIFIER: qualifier}
     # one pass, so a "{qualifier}" inside an item name stays as written
     return _PLACEHOLDER.sub(lambda m: values[m.group(0)], template)

@@ -218,15 +218,28 @@ def answer_max_chars(settings: Mapping[str, Any]) -> int:
     return int(settings.get("intent_answer_max_chars") or DEFAULT_ANSWER_MAX_CHARS)
 
 
-def prompt_max_items(settings: Mapping[str, Any]) -> int:
-    """``intent_prompt_max_items``: list only the last N items of a prefix in its prompt (0 = all)."""
+#: ``intent_prompt_max_items: auto`` with ``intent_samples`` typical (a small LLM on a CPU): prompt
+#: cost grows with its length, and 10 items keep a prompt near 200 tokens (README, "Typical samples")
+TYPICAL_PROMPT_MAX_ITEMS = 10
+
+
+def prompt_max_items(settings: Mapping[str, Any], samples: Optional[str] = None) -> int:
+    """``intent_prompt_max_items``: list only the last N items of a prefix in its prompt (0 = all).
+
+    ``auto`` = ``TYPICAL_PROMPT_MAX_ITEMS`` when ``samples`` (the RESOLVED ``intent_samples``) is
+    ``typical``, else 0 (the whole prefix, the paper), so ``all`` tables are unchanged.
+    """
     value = settings.get("intent_prompt_max_items") or 0
+    if str(value).strip().lower() == "auto":
+        return TYPICAL_PROMPT_MAX_ITEMS if samples == "typical" else 0
     try:
         n = int(value)
     except (TypeError, ValueError):
         n = -1
-    if n < 0:
-        raise IntentError(f"intent_prompt_max_items={value!r}: give 0 (the whole prefix, the paper) or a positive count")
+    if n < 0 or isinstance(value, bool):
+        raise IntentError(
+            f"intent_prompt_max_items={value!r}: give auto, 0 (the whole prefix, the paper) or a positive count"
+        )
     return n
 
 
@@ -256,7 +269,7 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
     if samples == "typical":  # which prefixes got an answer of their own
         ident["budget"] = settings.get("intent_budget")
         ident["typical"] = {"version": TYPICAL_VERSION, "seed": settings.get("intent_seed")}
-    max_items = prompt_max_items(settings)
+    max_items = prompt_max_items(settings, samples)
     if max_items:  # off (0) keeps the identity of tables built before the key existed
         ident["prompt_max_items"] = max_items
     # through JSON, so it compares equal to the copy read back from meta.json

@@ -6,13 +6,14 @@ never starts a build.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, Mapping, Optional, TextIO
 
-from .backends import resolve_backend_name
+from .backends import resolve_backend_name, resolve_samples
 from .pipeline import read_item_text, read_samples, table_folder
 from .prompts import build_prompt
-from .settings import IntentError, intent_views, normalize_settings
+from .settings import IntentError, intent_views, normalize_settings, prompt_max_items
 from .table import load_intent_table, read_meta
 
 
@@ -21,7 +22,9 @@ def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[Tex
     out = out or sys.stdout
     settings = normalize_settings(settings)
     sid = str(session_id)
-    backend = resolve_backend_name(settings)
+    quiet = logging.getLogger("recbole_llm4sbr.intent.show")  # the build said what auto picked
+    quiet.setLevel(logging.WARNING)
+    backend = resolve_backend_name(settings, quiet)
     folder = table_folder(settings, backend)
     if read_meta(folder) is None:
         raise IntentError(
@@ -36,6 +39,9 @@ def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[Tex
     texts = read_item_text(settings)
     table = load_intent_table(folder, mmap=True)
     records = {r["key"]: r for r in table.answers({s.key for s in mine})}
+    exemplars = {r["exemplar"] for r in records.values() if r.get("exemplar") not in (None, r["key"])} - set(records)
+    if exemplars:  # intent_samples: typical: the prompts the LLM saw are the exemplars'
+        records.update({r["key"]: r for r in table.answers(exemplars)})
     views = intent_views(settings)
     template = table.meta.get("template", settings.get("intent_template", ""))
     w = out.write
@@ -45,9 +51,15 @@ def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[Tex
         w(f"\n=== sample {n}/{len(mine)}: session {sid}, split {s.split}, prefix of {len(s.prefix)} items, "
           f"target {target}, prefix key {s.key}\n")
         first = next(iter(views))
-        w(f"--- prompt (view {first}; the other views differ only in the qualifier)\n")
-        w(build_prompt(template, s.prefix, texts, views[first]) + "\n")
         rec = records.get(s.key)
+        asked = s.prefix
+        ex = rec.get("exemplar") if rec is not None else None
+        if ex is not None and ex != s.key and ex in records:
+            asked = records[ex]["prefix"]
+            w(f"(intent_samples: typical: no LLM call of its own; it shares the answers of the exemplar {ex}, "
+              f"a train prefix of {len(asked)} items)\n")
+        w(f"--- prompt (view {first}; the other views differ only in the qualifier)\n")
+        w(build_prompt(template, asked, texts, views[first], prompt_max_items(settings, resolve_samples(settings, backend)[0])) + "\n")
         if rec is None:
             w("(this prefix is not in the table: it is stale, rebuild it)\n")
             continue

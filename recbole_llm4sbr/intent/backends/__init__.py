@@ -91,17 +91,24 @@ def resolve_samples(settings: Mapping[str, Any], backend: str) -> Tuple[str, str
 
 
 def resolve_backend_name(settings: Mapping[str, Any], logger: Optional[logging.Logger] = None) -> str:
-    """The concrete backend for ``intent_backend`` (resolving ``auto``, logging its choice once)."""
+    """The concrete backend for ``intent_backend`` (resolving ``auto``). One log line says what
+    ``auto`` picked and why, for the backend and for ``intent_samples`` alike."""
     name = str(settings.get("intent_backend") or "auto").strip().lower()
+    said = []
     if name == "auto":
         name, why = choose_auto(settings)
-        log = logger or _log
-        (log.warning if name == "text" else log.info)(f"intent_backend auto -> {name}: {why}")
-        return name
-    if name not in REGISTRY:
+        said.append(f"intent_backend auto -> {name}: {why}")
+    elif name not in REGISTRY:
         raise IntentError(
             f"unknown intent_backend {name!r}: choose one of auto, {', '.join(sorted(REGISTRY))}"
         )
+    if str(settings.get("intent_samples") or "all").strip().lower() == "auto":
+        samples, why = resolve_samples(settings, name)
+        said.append(f"intent_samples auto -> {samples}: {why}")
+    if said:
+        log = logger or _log
+        fell_back = said[0].startswith("intent_backend auto -> text")  # no real LLM: worth a warning
+        (log.warning if fell_back else log.info)("; ".join(said))
     return name
 
 
