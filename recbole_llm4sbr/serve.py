@@ -130,14 +130,11 @@ class ServedModel:
         return stage1_settings(self.config)
 
     def _check_intent_table(self):
-        from recbole_llm4sbr.intent.backends import resolve_backend_name
-        from recbole_llm4sbr.intent.pipeline import stale_reason, table_folder
+        from recbole_llm4sbr.intent.pipeline import locate_table
         from recbole_llm4sbr.intent.settings import normalize_settings
 
         settings = normalize_settings(self._stage1_settings())
-        backend = resolve_backend_name(settings)
-        folder = table_folder(settings, backend)
-        reason = stale_reason(settings, folder, backend)
+        folder, _, reason = locate_table(settings)
         if reason is not None:
             raise ServeError(
                 f"{self.path.name} serves with intents (semantic_at_inference: True), but its intent table "

@@ -196,3 +196,31 @@ def test_format_1_table_is_stale_not_a_crash(data, caplog):
     # only the items files missing (identity intact): stale as well
     (folder / "items.npy").unlink()
     assert "items.npy" in pipeline.stale_reason(pipeline.normalize_settings(s), folder, "text")
+
+
+def test_auto_uses_an_up_to_date_llm_table_built_elsewhere(data, monkeypatch):
+    """A table built with vllm on a GPU box and copied over is used by ``auto`` on a CPU box (where auto
+    picks transformers, and intent_samples auto would mean typical there), never rebuilt; an explicit
+    backend gets its own table, and the LLM-free text table is never borrowed."""
+    import shutil
+
+    from recbole_llm4sbr.intent import backends
+
+    monkeypatch.setitem(REGISTRY, "vllm", REGISTRY["text"])  # stands in for vLLM: same settings identity
+    gpu = ensure_intent_table(base_settings(data, intent_backend="vllm"))
+    assert gpu.name.startswith("vllm-")
+    text = ensure_intent_table(base_settings(data, intent_backend="text"))
+    builds = []
+
+    def no_build(settings, log, backend_name):
+        builds.append(backend_name)
+        return data / "built"
+
+    monkeypatch.setattr(pipeline, "build_intent_table", no_build)
+    monkeypatch.setattr(backends, "choose_auto", lambda s: ("transformers", "a CPU box"))
+    auto = base_settings(data, intent_backend="auto")
+    assert ensure_intent_table(auto) == gpu and builds == []
+    assert pipeline.locate_table(auto)[:3] == (gpu, "vllm", None)
+    shutil.rmtree(gpu)  # only the text table is left: auto builds its own, it does not borrow text
+    assert ensure_intent_table(auto) == data / "built" and builds == ["transformers"]
+    assert text.is_dir()

@@ -435,13 +435,53 @@ def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Opt
     return None
 
 
+#: with ``intent_backend: auto``, an up-to-date table of these LLM backends (strongest first) is used
+#: before a table of the backend auto picked on this machine is built
+AUTO_REUSE = ("vllm", "openai", "transformers")
+
+
+def built_elsewhere(settings: Mapping[str, Any], picked: str) -> Optional[Path]:
+    """With ``intent_backend: auto``: an up-to-date table of another LLM backend for these settings.
+
+    ``auto`` resolves per machine (vllm on the GPU box that ran stage 1, transformers or text on the
+    CPU box that trains), so without this a table built on the GPU box and copied over would be
+    rebuilt with a weaker backend. The LLM-free ``text`` table is never picked this way.
+    """
+    if str(settings.get("intent_backend") or "auto").strip().lower() != "auto":
+        return None
+    for other in AUTO_REUSE:
+        if other != picked:
+            folder = table_folder(settings, other)
+            if read_meta(folder) is not None and stale_reason(settings, folder, other) is None:
+                return folder
+    return None
+
+
+def locate_table(settings: Any, logger: Optional[logging.Logger] = None) -> Tuple[Path, str, Optional[str]]:
+    """``(folder, backend, why it is not usable or None)``: the table these settings use, built or not.
+
+    The folder of the backend ``intent_backend`` resolves to; with ``auto``, an up-to-date table of
+    another LLM backend when that one is not (``built_elsewhere``). Training, ``show`` and serving
+    all find their table here, so they never disagree about which one it is.
+    """
+    settings = normalize_settings(settings)
+    backend = resolve_backend_name(settings, logger)
+    folder = table_folder(settings, backend)
+    reason = stale_reason(settings, folder, backend)
+    if reason is not None:
+        other = built_elsewhere(settings, backend)
+        if other is not None:
+            (logger or _log).info(f"intent_backend auto: the up-to-date table {other} (built with backend "
+                                  f"{read_meta(other).get('backend')}) is used instead of a {backend} one")
+            return other, str(read_meta(other).get("backend")), None
+    return folder, backend, reason
+
+
 def ensure_intent_table(settings: Any, logger: Optional[logging.Logger] = None) -> Path:
     """The intent table folder for the current settings, built first when missing or stale."""
     log = logger or _log
     settings = normalize_settings(settings)
-    backend = resolve_backend_name(settings, log)
-    folder = table_folder(settings, backend)
-    reason = stale_reason(settings, folder, backend)
+    folder, backend, reason = locate_table(settings, log)
     if reason is None:
         log.info(f"intent table up to date: {folder}")
         return folder

@@ -10,8 +10,8 @@ import logging
 import sys
 from typing import Any, Mapping, Optional, TextIO
 
-from .backends import resolve_backend_name, resolve_samples
-from .pipeline import read_item_text, read_samples, table_folder
+from .backends import resolve_samples
+from .pipeline import locate_table, read_item_text, read_samples
 from .prompts import build_prompt
 from .settings import IntentError, intent_views, normalize_settings, prompt_max_items
 from .table import load_intent_table, read_meta
@@ -24,8 +24,7 @@ def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[Tex
     sid = str(session_id)
     quiet = logging.getLogger("recbole_llm4sbr.intent.show")  # the build said what auto picked
     quiet.setLevel(logging.WARNING)
-    backend = resolve_backend_name(settings, quiet)
-    folder = table_folder(settings, backend)
+    folder, backend, _ = locate_table(settings, quiet)
     if read_meta(folder) is None:
         raise IntentError(
             f"no intent table for these settings at {folder}: build it first with "
