@@ -12,9 +12,8 @@ import torch
 
 import recbole.model.sequential_recommender as seqrec
 from recbole_llm4sbr.data import intents as intents_module
-from recbole_llm4sbr.intent.keys import prefix_key
 from recbole_llm4sbr.model.registry import SUPPORTED, UNSUPPORTED, llm4sbr_class
-from tinydata import write_tiny_dataset
+from tinydata import synthetic_intents, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS, README = ROOT / "docs" / "BASES.md", ROOT / "README.md"
@@ -28,17 +27,6 @@ PER_BASE = {
     "LightSANs": {"k_interests": 3},
     "SINE": {"prototype_size": 8},
 }
-
-
-def synthetic_intents(folder: Path, views=("long", "short"), d_text=12, seed=0):
-    keys = set()
-    for part in ("train", "valid", "test"):
-        lines = (folder / f"{folder.name}.{part}.inter").read_text().splitlines()[1:]
-        keys.update(prefix_key(line.split("\t")[1].split()) for line in lines)
-    keys = sorted(keys)
-    vec = np.random.default_rng(seed).normal(size=(len(keys), len(views), d_text)).astype(np.float32)
-    return intents_module.DatasetIntents(folder / "intent", keys, list(views), vec, vec * 0.5, {},
-                                         {k: i for i, k in enumerate(keys)})
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from recbole_llm4sbr.benchmark import aggregate as agg
@@ -14,8 +13,7 @@ from recbole_llm4sbr.benchmark.runner import (CELL_FORMAT, Benchmark, git_commit
                                               write_json_atomic)
 from recbole_llm4sbr.benchmark.variants import parse_bases, parse_seeds, parse_variants
 from recbole_llm4sbr.data import intents as intents_module
-from recbole_llm4sbr.intent.keys import prefix_key
-from tinydata import write_tiny_dataset
+from tinydata import synthetic_intents, write_tiny_dataset
 
 
 # ---- fixed inputs ------------------------------------------------------------------------------------
@@ -150,23 +148,18 @@ def test_git_commit_outside_a_checkout(tmp_path):
 
 # ---- end to end on a tiny dataset -----------------------------------------------------------------------
 
-def synthetic_intents(folder: Path, d_text=12):
-    keys = set()
-    for part in ("train", "valid", "test"):
-        lines = (folder / f"{folder.name}.{part}.inter").read_text().splitlines()[1:]
-        keys.update(prefix_key(line.split("\t")[1].split()) for line in lines)
-    keys = sorted(keys)
-    vec = np.random.default_rng(0).normal(size=(len(keys), 2, d_text)).astype(np.float32)
-    meta = {"backend": "text", "backend_info": {"backend": "text", "model": None}, "encoder": "synthetic",
-            "topr": 5, "summary": {"samples": len(keys), "sent": 2 * len(keys), "time LLM": 0.1}}
-    return intents_module.DatasetIntents(folder / "intent" / "text-synthetic", keys, ["long", "short"], vec,
-                                         vec * 0.5, meta, {k: i for i, k in enumerate(keys)})
+def benchmark_intents(folder: Path):
+    """Synthetic intents with the meta a text-backend table would carry (the report reads it)."""
+    meta = {"backend": "text", "backend_info": {"backend": "text", "model": None}, "encoder": "synthetic", "topr": 5}
+    table = synthetic_intents(folder, meta=meta, path=folder / "intent" / "text-synthetic")
+    table.meta["summary"] = {"samples": len(table.keys), "sent": 2 * len(table.keys), "time LLM": 0.1}
+    return table
 
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     folder = write_tiny_dataset(tmp_path / "data", n_sessions=90)
-    table = synthetic_intents(folder)
+    table = benchmark_intents(folder)
     monkeypatch.setattr(intents_module, "load_dataset_intents", lambda config, logger=None: table)
     monkeypatch.chdir(tmp_path)  # RecBole's ./log and ./log_tensorboard
     import recbole_llm4sbr.quick_start.quick_start as qs

@@ -3,7 +3,6 @@ staleness, resolve_samples(auto), the catalogue files of the table."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from typing import Any, Dict, List, Sequence
 

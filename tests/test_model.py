@@ -6,20 +6,7 @@ import pytest
 import torch
 
 from recbole_llm4sbr.data import intents as intents_module
-from recbole_llm4sbr.intent.keys import prefix_key
-from tinydata import write_tiny_dataset
-
-
-def synthetic_intents(folder: Path, views=("long", "short"), d_text=12, seed=0):
-    keys = set()
-    for part in ("train", "valid", "test"):
-        lines = (folder / f"{folder.name}.{part}.inter").read_text().splitlines()[1:]
-        keys.update(prefix_key(line.split("\t")[1].split()) for line in lines)
-    keys = sorted(keys)
-    rng = np.random.default_rng(seed)
-    vec = rng.normal(size=(len(keys), len(views), d_text)).astype(np.float32)
-    return intents_module.DatasetIntents(folder / "intent", keys, list(views), vec, vec * 0.5, {},
-                                         {k: i for i, k in enumerate(keys)})
+from tinydata import synthetic_intents, write_tiny_dataset
 
 
 @pytest.fixture

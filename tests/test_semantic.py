@@ -1,31 +1,12 @@
 """semantic_at_inference (LLM-free serving, EIMF) and the semantic prediction loss, on synthetic intents."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from recbole_llm4sbr.data import intents as intents_module
-from recbole_llm4sbr.intent.keys import prefix_key
 from recbole_llm4sbr.model.semantic import semantic_prediction_loss
-from tinydata import write_tiny_dataset
-
-
-def synthetic_intents(folder: Path, views=("long", "short"), d_text=12, seed=0):
-    keys = set()
-    items = set()
-    for part in ("train", "valid", "test"):
-        for line in (folder / f"{folder.name}.{part}.inter").read_text().splitlines()[1:]:
-            _, prefix, target = line.split("\t")
-            keys.add(prefix_key(prefix.split()))
-            items.update(prefix.split() + [target])
-    keys, items = sorted(keys), sorted(items)
-    rng = np.random.default_rng(seed)
-    vec = rng.normal(size=(len(keys), len(views), d_text)).astype(np.float32)
-    item_vec = rng.normal(size=(len(items), d_text)).astype(np.float32)
-    item_vec /= np.linalg.norm(item_vec, axis=1, keepdims=True)
-    return intents_module.DatasetIntents(folder / "intent", keys, list(views), vec, vec * 0.5, {},
-                                         {k: i for i, k in enumerate(keys)}, items, item_vec)
+from tinydata import synthetic_intents, write_tiny_dataset
 
 
 @pytest.fixture

@@ -32,3 +32,28 @@ def write_tiny_dataset(root, name="tiny", n_sessions=120, n_items=30, seed=0, ma
         for i in range(1, n_items + 1):
             f.write(f"{100 + i}\tMovie number {i} ({1990 + i % 10}) -- {genres[i % 3]}\n")
     return folder
+
+
+def synthetic_intents(folder, views=("long", "short"), d_text=12, seed=0, meta=None, path=None):
+    """A stand-in for stage 1's output on a dataset written by ``write_tiny_dataset``: random intent
+    vectors for every prefix key (raw = half of them) and random unit catalogue text embeddings.
+    Tests monkeypatch ``data.intents.load_dataset_intents`` to return it (no encoder, no LLM)."""
+    import numpy as np
+
+    from recbole_llm4sbr.data.intents import DatasetIntents
+    from recbole_llm4sbr.intent.keys import prefix_key
+
+    folder = Path(folder)
+    keys, items = set(), set()
+    for part in ("train", "valid", "test"):
+        for line in (folder / f"{folder.name}.{part}.inter").read_text().splitlines()[1:]:
+            _, prefix, target = line.split("\t")
+            keys.add(prefix_key(prefix.split()))
+            items.update(prefix.split() + [target])
+    keys, items = sorted(keys), sorted(items)
+    rng = np.random.default_rng(seed)
+    vec = rng.normal(size=(len(keys), len(views), d_text)).astype(np.float32)
+    item_vec = rng.normal(size=(len(items), d_text)).astype(np.float32)
+    item_vec /= np.linalg.norm(item_vec, axis=1, keepdims=True)
+    return DatasetIntents(Path(path) if path else folder / "intent", keys, list(views), vec, vec * 0.5,
+                          dict(meta or {}), {k: i for i, k in enumerate(keys)}, items, item_vec)
