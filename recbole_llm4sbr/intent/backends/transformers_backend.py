@@ -174,7 +174,9 @@ class TransformersBackend(Backend):
         return {
             "backend": self.name,
             "model": self.model_name,
-            "model_path": self.resolved["model"],
+            # a packaged model is named by its distribution and version, not by the folder it is
+            # installed in, so the answer cache (keyed by describe()) survives a reinstall elsewhere
+            "model_path": self.resolved.get("source") or self.resolved["model"],
             "gguf_file": self.resolved["gguf_file"],
             "alias": self.resolved["alias"],
             "chat_template": self.has_chat_template,
