@@ -298,3 +298,15 @@ def test_prompt_max_items_auto_only_shortens_typical_prompts():
     assert table_tag(auto, "text") == table_tag({**base, "intent_samples": "all"}, "text")
     with pytest.raises(IntentError, match="intent_prompt_max_items"):
         prompt_max_items({"intent_prompt_max_items": "many"}, "typical")
+
+
+def test_online_stage1_asks_an_unseen_prefix_as_the_table_asked_its_own(data, counting):
+    """Serving's online stage 1 uses the table's prompt length (here 2 items), not the whole prefix."""
+    from recbole_llm4sbr.intent.online import OnlineIntents
+
+    settings = typical_settings(data, intent_samples="all", intent_prompt_max_items=2)
+    folder = build_intent_table(settings)
+    counting.sent = []
+    OnlineIntents(settings, folder).infer(["1", "2", "6", "3"])  # unseen prefix of 4 items
+    assert len(counting.sent) == 2  # one prompt per view
+    assert all(sum(line[:1].isdigit() for line in p.splitlines()) == 2 for p in counting.sent)

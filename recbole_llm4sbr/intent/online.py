@@ -19,13 +19,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from . import encoder as enc
-from .backends import get_backend, resolve_backend_name
-from .clean import clean_answer, fallback_answer
+from .backends import get_backend, resolve_backend_name, resolve_samples
+from .clean import final_answer
 from .keys import prefix_key
 from .localization import localize
 from .pipeline import read_item_text
 from .prompts import build_prompt, check_template
-from .settings import IntentError, answer_max_chars, intent_views, normalize_settings
+from .settings import IntentError, answer_max_chars, intent_views, normalize_settings, prompt_max_items
 from .table import load_intent_table, read_meta
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -68,6 +68,10 @@ class OnlineIntents:
         self.backend_name = (meta or {}).get("backend") or resolve_backend_name(self.settings, self.log)
         self.encoder_name = str((meta or {}).get("encoder") or self.settings.get("intent_encoder"))
         self.topr = int((meta or {}).get("topr", self.settings.get("intent_topr") or 0) or 0)
+        # the table's own prompt length (intent_prompt_max_items: auto = 10 with typical), so an unseen
+        # prefix is asked exactly as the table's prefixes were
+        self.max_items = int((meta or {}).get("prompt_max_items") if (meta or {}).get("prompt_max_items") is not None
+                             else prompt_max_items(self.settings, resolve_samples(self.settings, self.backend_name)[0]))
         self.max_chars = answer_max_chars(self.settings)
         self.texts = read_item_text(self.settings)
         self._backend = None
@@ -115,16 +119,12 @@ class OnlineIntents:
         if key in self._cache:
             return self._cache[key]
         names = list(self.views)
-        prompts = [build_prompt(self.template, prefix, self.texts, self.views[v]) for v in names]
+        prompts = [build_prompt(self.template, prefix, self.texts, self.views[v], self.max_items) for v in names]
         answers = self.backend().generate(prompts)
         item_ids = frozenset(self.texts)
         cleaned, record = [], {"key": key, "prefix": prefix, "views": {}}
         for view, answer in zip(names, answers):
-            text = clean_answer(answer, self.max_chars, item_ids) if answer is not None else ""
-            fell_back = None
-            if not text:
-                fell_back = "failed" if answer is None else "empty"
-                text = fallback_answer(self.texts.get(prefix[-1]) or prefix[-1])
+            text, fell_back = final_answer(answer, self.max_chars, item_ids, self.texts.get(prefix[-1]) or prefix[-1])
             cleaned.append(text)
             record["views"][view] = {"answer": text, **({"fallback": fell_back} if fell_back else {})}
         bs = int(self.settings.get("intent_encoder_batch_size") or 256)
