@@ -93,3 +93,15 @@ def clean_answer(text: Optional[str], max_chars: int = 200, item_ids: Optional[A
 def fallback_answer(last_item_text: str) -> str:
     """What an empty or failed answer becomes: the text of the prefix's last item (its best guess)."""
     return last_item_text
+
+
+def final_answer(answer, max_chars: int, item_ids, last_item_text: str):
+    """``(text, why)``: the text localization embeds for one LLM answer (``None`` = the call failed).
+
+    The cleaned answer and ``why=None``; or, when nothing is left, the fallback rule's text and
+    ``why`` = ``"failed"`` or ``"empty"`` (callers count and record it: never a silent empty answer).
+    """
+    text = clean_answer(answer, max_chars, item_ids) if answer is not None else ""
+    if text:
+        return text, None
+    return fallback_answer(last_item_text), ("failed" if answer is None else "empty")

@@ -19,7 +19,7 @@ import numpy as np
 from . import encoder as enc
 from .backends import get_backend, resolve_backend_name, resolve_samples
 from .cache import CACHE_FILE, AnswerCache
-from .clean import clean_answer, fallback_answer
+from .clean import final_answer
 from .generation import answer_prompts
 from .keys import prefix_key
 from .localization import localize
@@ -300,14 +300,12 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
     fell_back: Dict[Tuple[str, str], str] = {}
     n_empty = n_failed = 0
     for (k, v), ans in zip(((k, v) for k in asked for v in view_names), answers):
-        text = clean_answer(ans, max_chars, item_ids) if ans is not None else ""
-        if not text:
-            last = prefixes[k][-1]
-            text = fallback_answer(texts.get(last) or last)
-            fell_back[(k, v)] = "failed" if ans is None else "empty"
-            n_failed += ans is None
-            n_empty += ans is not None
-        cleaned[(k, v)] = text
+        last = prefixes[k][-1]
+        cleaned[(k, v)], why = final_answer(ans, max_chars, item_ids, texts.get(last) or last)
+        if why is not None:
+            fell_back[(k, v)] = why
+            n_failed += why == "failed"
+            n_empty += why == "empty"
     if fell_back:
         log.warning(
             f"{len(fell_back)} answers fell back to the text of the prefix's last item "
@@ -452,7 +450,7 @@ def built_elsewhere(settings: Mapping[str, Any], picked: str) -> Optional[Path]:
     for other in AUTO_REUSE:
         if other != picked:
             folder = table_folder(settings, other)
-            if read_meta(folder) is not None and stale_reason(settings, folder, other) is None:
+            if stale_reason(settings, folder, other) is None:  # "missing" without a meta.json
                 return folder
     return None
 
@@ -471,9 +469,10 @@ def locate_table(settings: Any, logger: Optional[logging.Logger] = None) -> Tupl
     if reason is not None:
         other = built_elsewhere(settings, backend)
         if other is not None:
+            built_with = str(read_meta(other).get("backend"))
             (logger or _log).info(f"intent_backend auto: the up-to-date table {other} (built with backend "
-                                  f"{read_meta(other).get('backend')}) is used instead of a {backend} one")
-            return other, str(read_meta(other).get("backend")), None
+                                  f"{built_with}) is used instead of a {backend} one")
+            return other, built_with, None
     return folder, backend, reason
 
 
