@@ -10,13 +10,13 @@ user's files, ``config_dict`` and ``--key=value`` on the command line, exactly a
 from __future__ import annotations
 
 import os
-import sys
 
 import recbole
 from recbole.config import Config as RecBoleConfig
 
 from recbole_llm4sbr.paths import default_data_path, properties_dir
 from recbole_llm4sbr.utils import get_model
+from recbole_llm4sbr.validation import validate
 
 RECBOLE_PROPERTIES = os.path.join(os.path.dirname(recbole.__file__), "properties")
 
@@ -24,7 +24,9 @@ RECBOLE_PROPERTIES = os.path.join(os.path.dirname(recbole.__file__), "properties
 class Config(RecBoleConfig):
     """``recbole.config.Config`` that knows the plugin's models and property files.
 
-    ``read_cmd_line=False`` ignores ``sys.argv`` (library use, tests, the benchmark runner).
+    ``read_cmd_line=False`` ignores ``sys.argv`` (library use, tests, the benchmark runner). The
+    plugin's keys (and RecBole's most used ones) are type- and range-checked once the layers are
+    merged (``recbole_llm4sbr.validation``): a bad value is a ``ConfigError`` naming key and fix.
     """
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
@@ -32,6 +34,7 @@ class Config(RecBoleConfig):
         self._read_cmd_line = read_cmd_line
         super().__init__(model=model, dataset=dataset, config_file_list=config_file_list,
                          config_dict=config_dict)
+        validate(self)
 
     def _load_cmd_line(self):
         if not self._read_cmd_line:
@@ -66,12 +69,3 @@ class Config(RecBoleConfig):
                 if file == dataset_file and loaded:
                     self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
 
-
-def argv_overrides(argv=None) -> dict:
-    """``--key=value`` pairs of ``argv`` (RecBole's syntax), values still strings."""
-    out = {}
-    for arg in sys.argv[1:] if argv is None else argv:
-        if arg.startswith("--") and "=" in arg:
-            key, value = arg[2:].split("=", 1)
-            out[key] = value
-    return out
