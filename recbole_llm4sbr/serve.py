@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import recbole_llm4sbr  # noqa: F401  (compat shims before RecBole loads)
+from recbole_llm4sbr.errors import LLM4SBRError, run_command
 
 
-class ServeError(ValueError):
+class ServeError(LLM4SBRError):
     """Bad input to serving (checkpoint, items, k, missing artefact): the message names the fix."""
 
 
@@ -302,7 +303,7 @@ def format_text(rec: Recommendation) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(prog="python -m recbole_llm4sbr.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a .pth saved by training")
     parser.add_argument("--items", required=True, action="append",
@@ -314,19 +315,15 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per session")
     parser.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    try:
-        for session in args.items:
-            rec = recommend(args.checkpoint, session, args.k, data_path=args.data_path, online=not args.no_online)
-            print(json.dumps(rec.to_dict(), ensure_ascii=False) if args.json else format_text(rec), flush=True)
-    except Exception as err:
-        from recbole_llm4sbr.intent.settings import IntentError
-
-        if args.debug or not isinstance(err, (ServeError, IntentError, ValueError, KeyError, FileNotFoundError)):
-            raise
-        print(f"error: {err}\n(rerun with --debug for the traceback)", file=sys.stderr)
-        return 2
+    for session in args.items:
+        rec = recommend(args.checkpoint, session, args.k, data_path=args.data_path, online=not args.no_online)
+        print(json.dumps(rec.to_dict(), ensure_ascii=False) if args.json else format_text(rec), flush=True)
     return 0
 
+
+def main(argv=None) -> int:
+    """The serving command line; a user error is one stderr line and exit code 2 (``errors.run_command``)."""
+    return run_command(_main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())
