@@ -35,6 +35,19 @@ _MOVIE_LINES = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _scratch_working_directory(tmp_path_factory):
+    """RecBole writes ``log/``, ``log_tensorboard/`` and ``saved/`` into the working directory, and the
+    plugin's default ``data_path`` is ``./dataset``: run every test from a scratch folder so nothing
+    lands in the checkout (tests name repository files by absolute path)."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "vllm: needs the separate vLLM environment (.ci/vllm_env.sh); skipped when "
