@@ -382,7 +382,9 @@ class Report:
                 found = {}
                 for other in ("base", "arch", "shuffled", "text"):
                     ref = self.groups.get((base, other))
-                    found[other] = compare(mine, ref, m) if ref else None
+                    done = next((r for r in (self.vs_base if other == "base" else self.vs_arch if other == "arch"
+                                             else []) if r["base"] == base and r["variant"] == "llm4sbr"), None)
+                    found[other] = done[m] if done else compare(mine, ref, m) if ref else None
                 cis = [fmt_ci((found[o] or {}).get("boot")) if found[o] else "no cells"
                        for o in ("base", "arch", "shuffled", "text")]
                 lines.append(self._row([base, pretty_metric(m), *cis,
@@ -614,6 +616,8 @@ class Report:
                 png = plot_relative_gains(self, chart)
                 if png:
                     paths["png"] = png
+                else:
+                    self.chart_note = "(not drawn: no variant has a reference to compare with yet)"
             elif chart.is_file():
                 png = chart
                 self.chart_note = ("(not redrawn: matplotlib is not installed where this report was written; the "
@@ -625,9 +629,9 @@ class Report:
         elif chart.is_file():
             png = chart  # drawn earlier (by this run or a previous one): still referenced
             if not plot:
-                self.chart_note = "(not redrawn by this command: `--no_plot`)"
+                self.chart_note = "(not redrawn by this command; it may not show every cell above)"
         elif not plot:
-            self.chart_note = "(not drawn: `--no_plot`)"
+            self.chart_note = "(not drawn by this command: `--no_plot`, or a report written while cells train)"
         paths["md"] = _write_text(folder / "report.md", self.markdown(png.name if png else None))
         paths["csv"] = _write_csv(folder / "summary.csv", self.summary_rows())
         paths["cells_csv"] = _write_csv(folder / "cells.csv", self.cell_rows())
