@@ -237,7 +237,8 @@ def test_report_headline_rows_flags_and_commits(tmp_path, monkeypatch):
     assert "| GRU4Rec | Recall@20 |" in verdict and "no: not above `arch` (the wrapper, not the intents)" in verdict
     assert "is credited to the LLM only if `llm4sbr` beats both `base` and `arch`" in md.replace("A gain ", "")
 
-    assert "- protocol: fair (24 cells" in md and "n = 40 (one sample per test session" in md
+    assert "- protocol: fair (24 cells" in md and "chosen on seed 2020's validation score" in md
+    assert "n = 40 (one sample per test session" in md
     assert "- seeds per base: SRGNN 3 (2020, 2021, 2022); GRU4Rec 3 (2020, 2021, 2022)" in md
 
     cells = section(md, "## Cells: protocol, setting, epochs")

@@ -221,10 +221,13 @@ class Report:
         """Which training protocol, how many test samples and seeds the numbers rest on."""
         counts: dict[str, int] = {}
         for c in self.cells:
-            counts[str(c.get("protocol") or "not recorded")] = counts.get(str(c.get("protocol") or "not recorded"), 0) + 1
+            name = str(c.get("protocol") or "not recorded")
+            counts[name] = counts.get(name, 0) + 1
+        tuned = sorted({str(c["tuned_on_seed"]) for c in self.cells if c.get("tuned_on_seed") is not None})
         explain = {
-            "fair": ("per (base, variant) a small grid over learning rate × lr schedule, the setting chosen on the "
-                     "first seed's validation score, then every seed trained with the chosen setting"),
+            "fair": ("per (base, variant) a small grid over learning rate × lr schedule, the setting chosen on "
+                     f"{'seed ' + ', '.join(tuned) if tuned else 'the first seed'}'s validation score, then every "
+                     "seed trained with the chosen setting"),
             "paper": "the paper's step schedule for every model, no search",
             "not recorded": "cells from before cell format 2",
         }
