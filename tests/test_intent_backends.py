@@ -11,7 +11,7 @@ import recbole_llm4sbr.intent.backends as backends
 from recbole_llm4sbr.intent.backends import REGISTRY, backend_class, get_backend, resolve_backend_name
 from recbole_llm4sbr.intent.backends.base import Backend
 from recbole_llm4sbr.intent.backends.text import TextBackend
-from recbole_llm4sbr.intent.settings import IntentError
+from recbole_llm4sbr.intent.errors import IntentError
 
 torch.set_num_threads(1)
 

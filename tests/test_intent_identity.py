@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recbole_llm4sbr.intent import load_settings
-from recbole_llm4sbr.intent.settings import table_identity, table_tag
+from recbole_llm4sbr.intent.identity import table_identity, table_tag
 
 #: (backend, overrides of the packaged defaults, tag computed before identity.py existed)
 PINNED = [

@@ -14,7 +14,7 @@ from recbole_llm4sbr.intent import build_intent_table, ensure_intent_table, load
 from recbole_llm4sbr.intent import pipeline
 from recbole_llm4sbr.intent.backends import REGISTRY
 from recbole_llm4sbr.intent.encoder import encode, load_encoder
-from recbole_llm4sbr.intent.settings import IntentError
+from recbole_llm4sbr.intent.errors import IntentError
 
 torch.set_num_threads(1)
 

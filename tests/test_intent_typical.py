@@ -18,7 +18,8 @@ from recbole_llm4sbr.intent import pipeline
 from recbole_llm4sbr.intent.backends import REGISTRY, backend_class, resolve_backend_name, resolve_samples
 from recbole_llm4sbr.intent.backends.base import Backend
 from recbole_llm4sbr.intent.prompts import build_prompt
-from recbole_llm4sbr.intent.settings import IntentError, table_tag
+from recbole_llm4sbr.intent.errors import IntentError
+from recbole_llm4sbr.intent.identity import table_tag
 from recbole_llm4sbr.intent.typical import minibatch_kmeans, plan_typical, resolve_budget
 
 torch.set_num_threads(1)

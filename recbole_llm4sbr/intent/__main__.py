@@ -14,7 +14,8 @@ import os
 import sys
 from typing import List, Optional
 
-from .settings import IntentError, load_settings, parse_cli
+from .errors import IntentError
+from .settings import load_settings, parse_cli
 
 USAGE = __doc__.split("\n\n")[1]
 

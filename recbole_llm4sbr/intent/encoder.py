@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .settings import IntentError
+from .errors import IntentError
 
 #: encoder names served by a PyPI package: name -> (import name, pip name)
 PACKAGED: Dict[str, Tuple[str, str]] = {

@@ -11,7 +11,7 @@ import hashlib
 import re
 from typing import Mapping, Sequence
 
-from .settings import IntentError
+from .errors import IntentError
 
 ITEMS = "{items}"
 QUALIFIER = "{qualifier}"

@@ -20,9 +20,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+#: bump when the table files change shape (DESIGN.md "Intent table"); 2: + items.npy / items.txt
+#: (the catalogue's text embeddings) and answers.jsonl's "exemplar"
+FORMAT_VERSION = 2
+
 META, KEYS, VECTORS, RAW, ANSWERS = "meta.json", "keys.txt", "vectors.npy", "raw.npy", "answers.jsonl"
 ITEMS_TXT, ITEMS_NPY = "items.txt", "items.npy"
-TABLE_FILES = (META, KEYS, VECTORS, RAW, ANSWERS, ITEMS_TXT, ITEMS_NPY)
 
 
 def keys_sha1(keys: Iterable[str]) -> str:
