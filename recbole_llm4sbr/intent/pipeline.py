@@ -24,18 +24,7 @@ from .cache import CACHE_FILE, AnswerCache
 from .errors import IntentError
 from .generation import GenerationStats, answer_prompts
 from .identity import table_folder, table_identity
-from .inputs import (  # noqa: F401  (read_split, inter_path, Sample: pipeline's names before inputs.py)
-    SPLITS,
-    Sample,
-    check_item_text,
-    file_sha1,
-    inter_path,
-    itemtext_path,
-    read_item_text,
-    read_samples,
-    read_split,
-    unique_prefixes,
-)
+from .inputs import Sample, check_item_text, file_sha1, itemtext_path, read_item_text, read_samples, unique_prefixes
 from .prompts import template_version
 from .rows import Answer, Grounding, PrefixPrompts, unique_texts
 from .settings import dataset_dir, normalize_settings, prompt_max_items, sampling

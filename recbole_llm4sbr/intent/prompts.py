@@ -1,4 +1,4 @@
-"""Multi-view prompts (METHOD.md, Stage 1 step 1).
+"""Multi-view prompts (docs/METHOD.md, Stage 1 step 1).
 
 One prompt per (prefix, view): the template's ``{items}`` becomes the WHOLE prefix as numbered lines
 ``N. <ItemName>_<ItemID>`` (oldest first, ids are the dataset's own tokens) and ``{qualifier}`` the

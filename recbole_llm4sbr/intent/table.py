@@ -1,4 +1,4 @@
-"""The intent table on disk (DESIGN.md, "Intent table"): stage 1's only output, stage 2's only input.
+"""The intent table on disk (docs/DESIGN.md, "Intent table"): stage 1's only output, stage 2's only input.
 
 A table is a folder: ``meta.json``, ``keys.txt`` (row order), ``vectors.npy`` and ``raw.npy``
 (float32 ``[n_keys, n_views, d_text]``), ``answers.jsonl`` (what the LLM said and where it was
@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-#: bump when the table files change shape (DESIGN.md "Intent table"); 2: + items.npy / items.txt
+#: bump when the table files change shape (docs/DESIGN.md "Intent table"); 2: + items.npy / items.txt
 #: (the catalogue's text embeddings) and answers.jsonl's "exemplar"
 FORMAT_VERSION = 2
 
