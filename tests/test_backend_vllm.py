@@ -209,7 +209,7 @@ def test_stage1_cli_on_vllm_then_found_without_vllm(tiny_chat_model, tmp_path):
     """`python -m recbole_llm4sbr.intent --intent_backend=vllm` builds the table (GPU box); the same
     settings find it with no vLLM at all (training box): the tag comes from the config, not the engine."""
     from recbole_llm4sbr.intent.table import load_intent_table
-    from test_intent_helpers import DS, subprocess_env, unique_prefix_count, write_dataset
+    from intent_helpers import DS, subprocess_env, unique_prefix_count, write_dataset
 
     write_dataset(tmp_path)
     args = [f"--dataset={DS}", f"--data_path={tmp_path}", "--intent_backend=vllm",

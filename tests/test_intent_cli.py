@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from test_intent_helpers import DS, ITEMS, REPO, subprocess_env, write_dataset
+from intent_helpers import DS, ITEMS, REPO, subprocess_env, write_dataset
 
 from recbole_llm4sbr.intent import load_intent_table
 

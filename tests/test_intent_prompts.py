@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_intent_helpers import ITEMS
+from intent_helpers import ITEMS
 
 from recbole_llm4sbr.intent.backends.text import TextBackend
 from recbole_llm4sbr.intent.prompts import build_prompt, check_template, format_items, template_version

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from test_intent_helpers import REPO, write_dataset
+from intent_helpers import REPO, write_dataset
 
 from recbole_llm4sbr.intent.errors import IntentError
 from recbole_llm4sbr.intent.identity import table_tag

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_intent_helpers import DS, ITEMS, base_settings, write_dataset
+from intent_helpers import DS, ITEMS, base_settings, write_dataset
 
 from recbole_llm4sbr.intent import build_intent_table, ensure_intent_table, load_intent_table, prefix_key
 from recbole_llm4sbr.intent import backends as backends_mod
