@@ -3,10 +3,10 @@
 ``build_intent_table`` runs named steps: ``read_inputs`` (benchmark files and item text,
 ``inputs.py``), ``encode_catalogue``, ``plan_prompts`` (which prefixes the LLM is asked about, once
 per (prefix, view)), ``ask`` (the backend through the answer cache), ``clean_answers``,
-``ground_rows`` (encode + localize, one row per prefix) and ``write_table``. The per-prefix steps
-are ``rows.py``'s, shared with online stage 1. ``ensure_intent_table`` is what stage 2 calls: it
-returns the table for the current settings, building it only when ``locate_table`` finds it missing
-or stale.
+``ground_rows`` (encode + localize, one row per prefix), then ``build_summary`` and ``table_meta``
+for ``table.write_intent_table``. The per-prefix steps are ``rows.py``'s, shared with online stage 1.
+Freshness: ``stale_reason`` / ``locate_table`` say which table these settings use and whether it is
+up to date; ``ensure_intent_table`` (what stage 2 calls) builds it only when it is missing or stale.
 """
 from __future__ import annotations
 
