@@ -151,24 +151,10 @@ class ServedModel:
         return self._table
 
     def table_record(self, key: str) -> Optional[Dict[str, Any]]:
-        """The ``answers.jsonl`` record of ``key``: one seek, via a byte-offset index built once."""
-        if self._answer_offsets is None:
-            offsets = {}
-            with open(Path(self.dataset.intent_table_path) / "answers.jsonl", "rb") as f:
-                pos = 0
-                for line in f:
-                    start = line.find(b'"key": "')
-                    if start >= 0:
-                        offsets[line[start + 8: line.index(b'"', start + 8)].decode()] = pos
-                    pos += len(line)
-            self._answer_offsets = offsets
-        pos = self._answer_offsets.get(key)
-        if pos is None:
-            return None
-        with open(Path(self.dataset.intent_table_path) / "answers.jsonl", "rb") as f:
-            f.seek(pos)
-            record = json.loads(f.readline())
-        return record if record.get("key") == key else next(iter(self.table().answers([key])), None)
+        """The ``answers.jsonl`` record of ``key`` (``IntentTable.record``: one seek via the table's
+        own index), None when the table does not hold it."""
+        table = self.table()
+        return table.record(key) if key in table else None
 
     def online(self):
         if self._online is None:

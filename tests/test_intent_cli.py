@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from test_intent_helpers import DS, ITEMS, REPO, subprocess_env, write_dataset
+from intent_helpers import DS, ITEMS, REPO, subprocess_env, write_dataset
 
 from recbole_llm4sbr.intent import load_intent_table
 
@@ -93,3 +93,59 @@ def test_build_errors_are_one_line(tmp_path):
     res = cli(f"--data_path={tmp_path}")
     assert res.returncode == 2 and "--dataset" in res.stderr
     assert cli("--help").returncode == 0
+
+
+# ---- the error handler (in process: recbole_llm4sbr.errors.run_command) ---------------------------
+
+
+def run_main(capsys, *args):
+    from recbole_llm4sbr.intent.__main__ import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,names",
+    [
+        (["--intent_backend=bogus"], ["intent_backend", "'bogus'", "choose one of auto"]),
+        (["--intent_samples=typical", "--intent_budget=0"], ["intent_budget=0", "count >= 1"]),
+        (["--intent_samples=sometimes"], ["intent_samples", "choose auto, all or typical"]),
+        (["--intent_prompt_max_items=-3"], ["intent_prompt_max_items=-3", "positive count"]),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_key_and_fix(tmp_path, capsys, monkeypatch, extra, names):
+    monkeypatch.delenv("LLM4SBR_DEBUG", raising=False)
+    write_dataset(tmp_path)
+    code, err = run_main(capsys, f"--dataset={DS}", f"--data_path={tmp_path}", "--show_progress=False", *extra)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and line.endswith("(rerun with --debug for the traceback)")
+    assert all(n in line for n in names), line
+    assert "Traceback" not in err
+    assert not (tmp_path / DS / "intent").exists() or not any((tmp_path / DS / "intent").glob("*/meta.json"))
+
+
+def test_debug_gives_the_traceback(tmp_path, capsys, monkeypatch):
+    from recbole_llm4sbr.intent.errors import IntentError
+
+    monkeypatch.delenv("LLM4SBR_DEBUG", raising=False)
+    write_dataset(tmp_path)
+    args = [f"--dataset={DS}", f"--data_path={tmp_path}", "--intent_backend=bogus"]
+    with pytest.raises(IntentError, match="unknown intent_backend 'bogus'"):
+        run_main(capsys, *args, "--debug")
+    monkeypatch.setenv("LLM4SBR_DEBUG", "1")
+    with pytest.raises(IntentError):
+        run_main(capsys, *args)
+
+
+def test_ctrl_c_says_the_answers_are_cached(tmp_path, capsys, monkeypatch):
+    from recbole_llm4sbr.intent import pipeline
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "ensure_intent_table", interrupted)
+    write_dataset(tmp_path)
+    code, err = run_main(capsys, f"--dataset={DS}", f"--data_path={tmp_path}", "--intent_backend=text")
+    assert code == 130 and "answers received so far are cached" in err

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from test_intent_helpers import DS, ITEMS, EchoBackend, base_settings, unique_prefix_count, write_dataset
+from intent_helpers import DS, ITEMS, EchoBackend, base_settings, unique_prefix_count, write_dataset
 
 from recbole_llm4sbr.intent import build_intent_table, ensure_intent_table, load_intent_table, prefix_key
 from recbole_llm4sbr.intent import pipeline
 from recbole_llm4sbr.intent.backends import REGISTRY
 from recbole_llm4sbr.intent.encoder import encode, load_encoder
-from recbole_llm4sbr.intent.settings import IntentError
+from recbole_llm4sbr.intent.errors import IntentError
 
 torch.set_num_threads(1)
 
@@ -114,7 +114,7 @@ def test_recbole_config_is_accepted(data):
 
 
 def test_empty_answers_fall_back_to_the_last_item(data, monkeypatch, caplog):
-    monkeypatch.setitem(REGISTRY, "empty", "test_intent_helpers:EmptyBackend")
+    monkeypatch.setitem(REGISTRY, "empty", "intent_helpers:EmptyBackend")
     with caplog.at_level(logging.WARNING, logger="recbole_llm4sbr.intent"):
         folder = build_intent_table(base_settings(data, intent_backend="empty"))
     t = load_intent_table(folder)
@@ -127,7 +127,7 @@ def test_empty_answers_fall_back_to_the_last_item(data, monkeypatch, caplog):
 
 
 def test_failed_backend_falls_back_and_is_counted(data, monkeypatch):
-    monkeypatch.setitem(REGISTRY, "failing", "test_intent_helpers:FailingBackend")
+    monkeypatch.setitem(REGISTRY, "failing", "intent_helpers:FailingBackend")
     t = load_intent_table(build_intent_table(base_settings(data, intent_backend="failing", intent_batch_size=100)))
     n = unique_prefix_count()
     assert t.meta["summary"]["failed"] == 2 * n and t.meta["summary"]["fallbacks"] == 2 * n
@@ -135,7 +135,7 @@ def test_failed_backend_falls_back_and_is_counted(data, monkeypatch):
 
 
 def test_views_come_from_config(data, monkeypatch):
-    monkeypatch.setitem(REGISTRY, "echo", "test_intent_helpers:EchoBackend")
+    monkeypatch.setitem(REGISTRY, "echo", "intent_helpers:EchoBackend")
     EchoBackend.sent = []
     views = {"long": "long-term", "short": "short-term", "next": "next click"}
     t = load_intent_table(build_intent_table(base_settings(data, intent_backend="echo", intent_views=views)))

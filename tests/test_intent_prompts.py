@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_intent_helpers import ITEMS
+from intent_helpers import ITEMS
 
 from recbole_llm4sbr.intent.backends.text import TextBackend
 from recbole_llm4sbr.intent.prompts import build_prompt, check_template, format_items, template_version
-from recbole_llm4sbr.intent.settings import IntentError, intent_views, load_settings
+from recbole_llm4sbr.intent.errors import IntentError
+from recbole_llm4sbr.intent.settings import intent_views, load_settings
 
 torch.set_num_threads(1)
 

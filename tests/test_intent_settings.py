@@ -7,17 +7,11 @@ import shutil
 import pytest
 import torch
 
-from test_intent_helpers import REPO, write_dataset
+from intent_helpers import REPO, write_dataset
 
-from recbole_llm4sbr.intent.settings import (
-    IntentError,
-    dataset_dir,
-    intent_views,
-    load_settings,
-    normalize_settings,
-    parse_cli,
-    table_tag,
-)
+from recbole_llm4sbr.intent.errors import IntentError
+from recbole_llm4sbr.intent.identity import table_tag
+from recbole_llm4sbr.intent.settings import dataset_dir, intent_views, load_settings, normalize_settings, parse_cli
 
 torch.set_num_threads(1)
 

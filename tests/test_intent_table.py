@@ -39,7 +39,8 @@ def test_round_trip(tmp_path):
     items = _items()
     folder = write_intent_table(tmp_path / "t", meta, keys, vec, raw, recs, **items)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "answers.jsonl", "items.npy", "items.txt", "keys.txt", "meta.json", "raw.npy", "vectors.npy"]
+        "answers.jsonl", "answers.offsets.npy", "items.npy", "items.txt", "keys.txt", "meta.json", "raw.npy",
+        "vectors.npy"]
     t = load_intent_table(folder)
     assert isinstance(t, IntentTable)
     assert t.keys == keys and t.views == ["long", "short"] and len(t) == 3
@@ -128,3 +129,46 @@ def test_format_1_table_asks_for_a_rebuild(tmp_path):
     (folder / "items.txt").unlink()
     with pytest.raises(ValueError, match="rebuild"):
         load_intent_table(folder)
+
+
+def _lines_by_key(folder):
+    with open(folder / "answers.jsonl", encoding="utf-8") as f:
+        return {json.loads(line)["key"]: json.loads(line) for line in f}
+
+
+def test_record_is_the_answers_line_of_every_key(tmp_path):
+    """``record(key)`` is that key's answers.jsonl line (serving's intents), with the index written
+    with the table, and for a table written before the index existed (built on first read)."""
+    meta, keys, vec, raw, recs = _table(n=7)
+    for i, rec in enumerate(recs):  # multi-byte text: offsets are bytes, not characters
+        rec["views"]["long"]["answer"] = "Amélie — 東京物語 " * (i + 1)
+    folder = write(tmp_path / "t", meta, keys, vec, raw, recs[::-1])  # any record order
+    expected = _lines_by_key(folder)
+    assert set(expected) == set(keys)
+    t = load_intent_table(folder)
+    assert [t.record(k) for k in keys] == [expected[k] for k in keys]
+    with pytest.raises(KeyError, match="rebuild"):
+        t.record("nope")
+
+    (folder / "answers.offsets.npy").unlink()  # a table written before the index
+    old = load_intent_table(folder, mmap=True)
+    assert [old.record(k) for k in reversed(keys)] == [expected[k] for k in reversed(keys)]
+    assert sorted(p.name for p in folder.iterdir()) == [  # read only: the table is not rewritten
+        "answers.jsonl", "items.npy", "items.txt", "keys.txt", "meta.json", "raw.npy", "vectors.npy"]
+
+
+def test_record_survives_an_index_that_does_not_fit(tmp_path):
+    meta, keys, vec, raw, recs = _table(n=4)
+    folder = write(tmp_path / "t", meta, keys, vec, raw, recs)
+    expected = _lines_by_key(folder)
+    np.save(folder / "answers.offsets.npy", np.array([0, 0, 0, 0, 0], dtype=np.int64))  # wrong size
+    assert [load_intent_table(folder).record(k) for k in keys] == [expected[k] for k in keys]
+
+
+def test_records_must_belong_to_the_table(tmp_path):
+    meta, keys, vec, raw, recs = _table()
+    with pytest.raises(ValueError, match="key of the table"):
+        write(tmp_path / "t", meta, keys, vec, raw, recs + [recs[0]])
+    with pytest.raises(ValueError, match="key of the table"):
+        write(tmp_path / "t", meta, keys, vec, raw, [{**recs[0], "key": "elsewhere"}])
+    assert not (tmp_path / "t").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_intent_helpers import DS, ITEMS, base_settings, write_dataset
+from intent_helpers import DS, ITEMS, base_settings, write_dataset
 
 from recbole_llm4sbr.intent import build_intent_table, ensure_intent_table, load_intent_table, prefix_key
 from recbole_llm4sbr.intent import backends as backends_mod
@@ -18,7 +18,8 @@ from recbole_llm4sbr.intent import pipeline
 from recbole_llm4sbr.intent.backends import REGISTRY, backend_class, resolve_backend_name, resolve_samples
 from recbole_llm4sbr.intent.backends.base import Backend
 from recbole_llm4sbr.intent.prompts import build_prompt
-from recbole_llm4sbr.intent.settings import IntentError, table_tag
+from recbole_llm4sbr.intent.errors import IntentError
+from recbole_llm4sbr.intent.identity import table_tag
 from recbole_llm4sbr.intent.typical import minibatch_kmeans, plan_typical, resolve_budget
 
 torch.set_num_threads(1)

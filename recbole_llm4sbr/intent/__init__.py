@@ -6,7 +6,8 @@ or a RecBole Config) and ``load_intent_table(path)``.
 """
 from .keys import prefix_key
 from .pipeline import build_intent_table, ensure_intent_table
-from .settings import IntentError, load_settings
+from .errors import IntentError
+from .settings import load_settings
 from .table import IntentTable, load_intent_table
 
 __all__ = [

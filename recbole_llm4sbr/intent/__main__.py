@@ -1,20 +1,21 @@
 """Stage 1 from the command line (no RecBole needed).
 
-    python -m recbole_llm4sbr.intent --dataset=<ds> [--config_files=a.yaml,b.yaml] [--key=value ...] [--force]
-    python -m recbole_llm4sbr.intent show --dataset=<ds> --session=<session_id> [--key=value ...]
+    python -m recbole_llm4sbr.intent --dataset=<ds> [--config_files=a.yaml,b.yaml] [--key=value ...] [--force] [--debug]
+    python -m recbole_llm4sbr.intent show --dataset=<ds> --session=<session_id> [--key=value ...] [--debug]
 
 The first builds (or refreshes) the intent table for all splits and prints its path and summary; the
-second prints what stage 1 made of one session. A user error is one line on stderr and exit code 2;
-LLM4SBR_DEBUG=1 shows the traceback.
+second prints what stage 1 made of one session. A user error is one line on stderr and exit code 2
+(``recbole_llm4sbr.errors.run_command``); ``--debug`` (or LLM4SBR_DEBUG=1) shows the traceback.
 """
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import List, Optional
 
-from .settings import IntentError, load_settings, parse_cli
+from ..errors import run_command
+from .errors import IntentError
+from .settings import load_settings, parse_cli
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -53,18 +54,12 @@ def _run(argv: List[str]) -> int:
     return 0
 
 
+#: Ctrl-C during a build: nothing answered is lost (the answer cache commits every chunk)
+INTERRUPTED = "interrupted: answers received so far are cached; run again to continue"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _run(argv)
-    except (IntentError, FileNotFoundError) as e:
-        if os.environ.get("LLM4SBR_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: answers received so far are cached; run again to continue", file=sys.stderr)
-        return 130
+    return run_command(_run, argv, interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":

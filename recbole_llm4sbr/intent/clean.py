@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 from typing import AbstractSet, Optional
 
+#: bump when this module changes what an answer becomes: old tables then count as stale
+CLEAN_VERSION = 1
+
 #: reasoning models' hidden thoughts
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
 #: chat-template tokens such as <|im_start|>, <|assistant|>, </s>, <s>, [INST]

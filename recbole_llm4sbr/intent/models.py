@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 __all__ = ["PACKAGED_MODELS", "packaged_model_available", "packaged_model_path", "resolve_model",
            "dequantized_hf_folder", "default_cache_root",
-           "is_alias", "ModelNotAvailableError"]
+           "ModelNotAvailableError"]
 
 #: alias -> where it lives: the pip package (import name + distribution pin) and the file inside it
 PACKAGED_MODELS: Dict[str, Dict[str, str]] = {
@@ -38,10 +38,6 @@ class ModelNotAvailableError(RuntimeError):
 
 def _norm(name: str) -> str:
     return str(name).strip().lower()
-
-
-def is_alias(name: Optional[str]) -> bool:
-    return name is not None and _norm(name) in PACKAGED_MODELS
 
 
 def _package_dir(package: str) -> Optional[Path]:

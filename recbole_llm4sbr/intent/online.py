@@ -2,7 +2,7 @@
 
 Serving an LLM4SBR model (``semantic_at_inference: True``) needs the intent of every session it
 scores. A prefix already in the intent table uses its row; for a new prefix ``OnlineIntents.infer``
-runs exactly the steps ``pipeline.build_intent_table`` runs for each prefix, with the same settings,
+runs the per-prefix steps ``pipeline.build_intent_table`` runs (``rows.py``, shared by both), with the same settings,
 the same backend as the table (``meta["backend"]``), the same encoder, and the table's own catalogue
 embeddings (``items.npy``) for the localization, so the vector is the one the table would hold.
 Backend, encoder and catalogue load once per ``OnlineIntents`` (the serving process keeps one).
@@ -20,12 +20,11 @@ import numpy as np
 
 from . import encoder as enc
 from .backends import get_backend, resolve_backend_name, resolve_samples
-from .clean import final_answer
+from .errors import IntentError
+from .inputs import read_item_text
 from .keys import prefix_key
-from .localization import localize
-from .pipeline import read_item_text
-from .prompts import build_prompt, check_template
-from .settings import IntentError, answer_max_chars, intent_views, normalize_settings, prompt_max_items
+from .rows import Grounding, PrefixPrompts, unique_texts
+from .settings import intent_views, normalize_settings, prompt_max_items
 from .table import load_intent_table, read_meta
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -57,8 +56,6 @@ class OnlineIntents:
         self.log = logger or _log
         self.settings = normalize_settings(dict(settings))
         self.views = intent_views(self.settings)  # ordered view -> qualifier
-        self.template = str(self.settings.get("intent_template") or "")
-        check_template(self.template, len(self.views))
         self.table_path = Path(table_path) if table_path else None
         meta = read_meta(self.table_path) if self.table_path else None
         if meta is not None and list(meta.get("views", [])) != list(self.views):
@@ -70,10 +67,10 @@ class OnlineIntents:
         self.topr = int((meta or {}).get("topr", self.settings.get("intent_topr") or 0) or 0)
         # the table's own prompt length (intent_prompt_max_items: auto = 10 with typical), so an unseen
         # prefix is asked exactly as the table's prefixes were
-        self.max_items = int((meta or {}).get("prompt_max_items") if (meta or {}).get("prompt_max_items") is not None
-                             else prompt_max_items(self.settings, resolve_samples(self.settings, self.backend_name)[0]))
-        self.max_chars = answer_max_chars(self.settings)
+        max_items = ((meta or {}).get("prompt_max_items") if (meta or {}).get("prompt_max_items") is not None
+                     else prompt_max_items(self.settings, resolve_samples(self.settings, self.backend_name)[0]))
         self.texts = read_item_text(self.settings)
+        self.rows = PrefixPrompts.from_settings(self.settings, self.texts, int(max_items))
         self._backend = None
         self._encoder = None
         self._catalogue = None  # (tokens, vectors [n_items, d_text])
@@ -118,24 +115,15 @@ class OnlineIntents:
         key = prefix_key(prefix)
         if key in self._cache:
             return self._cache[key]
-        names = list(self.views)
-        prompts = [build_prompt(self.template, prefix, self.texts, self.views[v], self.max_items) for v in names]
-        answers = self.backend().generate(prompts)
-        item_ids = frozenset(self.texts)
-        cleaned, record = [], {"key": key, "prefix": prefix, "views": {}}
-        for view, answer in zip(names, answers):
-            text, fell_back = final_answer(answer, self.max_chars, item_ids, self.texts.get(prefix[-1]) or prefix[-1])
-            cleaned.append(text)
-            record["views"][view] = {"answer": text, **({"fallback": fell_back} if fell_back else {})}
+        names = self.rows.view_names
+        answers = self.rows.answers(prefix, self.backend().generate(self.rows.prompts(prefix)))
+        texts = unique_texts(answers)
         bs = int(self.settings.get("intent_encoder_batch_size") or 256)
-        a_emb = enc.encode(self.encoder(), cleaned, bs, False)
         tokens, items = self.catalogue()
-        threshold = int(self.settings.get("intent_faiss_threshold") or 200_000)
-        loc, idx, sims = localize(a_emb, items, self.topr, threshold, self.log)
-        for j, view in enumerate(names):
-            record["views"][view]["items"] = [tokens[i] for i in idx[j]]
-            record["views"][view]["sims"] = [round(float(s), 6) for s in sims[j]]
-        result = OnlineIntent(key, prefix, names, loc.astype(np.float32), a_emb.astype(np.float32), record)
+        grounding = Grounding(texts, enc.encode(self.encoder(), texts, bs, False), tokens, items, self.topr,
+                              int(self.settings.get("intent_faiss_threshold") or 200_000), self.log)
+        vectors, raw, record = grounding.row(key, prefix, names, answers)
+        result = OnlineIntent(key, prefix, names, vectors, raw, record)
         self._cache[key] = result
         return result
 

@@ -1,13 +1,15 @@
 """Stage 1 end to end: benchmark files -> prompts -> answers -> grounded intents -> intent table.
 
-Reads the RecBole benchmark files as plain TSV (stage 1 must not import RecBole), computes each
-sample's ``prefix_key``, and asks the LLM once per (unique prefix, view). ``ensure_intent_table``
-is what stage 2 calls: it returns the table for the current settings, building it only when it is
-missing or stale.
+``build_intent_table`` runs named steps: ``read_inputs`` (benchmark files and item text,
+``inputs.py``), ``encode_catalogue``, ``plan_prompts`` (which prefixes the LLM is asked about, once
+per (prefix, view)), ``ask`` (the backend through the answer cache), ``clean_answers``,
+``ground_rows`` (encode + localize, one row per prefix), then ``build_summary`` and ``table_meta``
+for ``table.write_intent_table``. The per-prefix steps are ``rows.py``'s, shared with online stage 1.
+Freshness: ``stale_reason`` / ``locate_table`` say which table these settings use and whether it is
+up to date; ``ensure_intent_table`` (what stage 2 calls) builds it only when it is missing or stale.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,156 +21,63 @@ import numpy as np
 from . import encoder as enc
 from .backends import get_backend, resolve_backend_name, resolve_samples
 from .cache import CACHE_FILE, AnswerCache
-from .clean import final_answer
-from .generation import answer_prompts
-from .keys import prefix_key
-from .localization import localize
-from .prompts import build_prompt, check_template, template_version
-from .settings import (
-    FORMAT_VERSION,
-    IntentError,
-    answer_max_chars,
-    dataset_dir,
-    intent_views,
-    normalize_settings,
-    prompt_max_items,
-    sampling,
-    table_identity,
-    table_tag,
-)
+from .errors import IntentError
+from .generation import GenerationStats, answer_prompts
+from .identity import table_folder, table_identity
+from .inputs import Sample, check_item_text, file_sha1, itemtext_path, read_item_text, read_samples, unique_prefixes
+from .prompts import template_version
+from .rows import Answer, Grounding, PrefixPrompts, unique_texts
+from .settings import dataset_dir, normalize_settings, prompt_max_items, sampling
+from .table import FORMAT_VERSION, ITEMS_NPY, ITEMS_TXT, read_keys, read_meta, write_intent_table
 from .typical import TypicalPlan, plan_typical
-from .table import ITEMS_NPY, ITEMS_TXT, read_keys, read_meta, write_intent_table
 
-SPLITS = ("train", "valid", "test")
 _log = logging.getLogger("recbole_llm4sbr.intent")
 
 
-# ---- inputs ---------------------------------------------------------------------------------------
+# ---- inputs and the catalogue ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One benchmark line: a prefix and its target."""
+@dataclass
+class Inputs:
+    """What a build reads: every sample, its unique prefixes (first-seen order) and the item text."""
 
-    split: str
-    session_id: Optional[str]
-    prefix: Tuple[str, ...]
-    target: Optional[str]
-
-    @property
-    def key(self) -> str:
-        return prefix_key(self.prefix)
+    samples: List[Sample]
+    prefixes: Dict[str, Tuple[str, ...]]
+    texts: Dict[str, str]
 
 
-def inter_path(settings: Mapping[str, Any], split: str) -> Path:
-    ds = str(settings["dataset"])
-    return dataset_dir(settings) / f"{ds}.{split}.inter"
+def read_inputs(settings: Mapping[str, Any]) -> Inputs:
+    samples = read_samples(settings)
+    prefixes = unique_prefixes(samples)
+    texts = read_item_text(settings)
+    check_item_text(settings, prefixes, texts)
+    return Inputs(samples, prefixes, texts)
 
 
-def itemtext_path(settings: Mapping[str, Any]) -> Path:
-    ds = str(settings["dataset"])
-    return dataset_dir(settings) / f"{ds}.itemtext"
+class _Encoder:
+    """The stage-1 text encoder as a build uses it: the catalogue first, then the answers; on a GPU it
+    is freed in between, so the LLM gets the memory."""
+
+    def __init__(self, settings: Mapping[str, Any], progress: bool):
+        enc.set_cpu_threads(settings.get("torch_num_threads"))
+        self.name = str(settings.get("intent_encoder"))
+        self.device = enc.resolve_device(settings.get("intent_encoder_device") or settings.get("intent_device"))
+        self.batch_size = int(settings.get("intent_encoder_batch_size") or 256)
+        self.progress = progress
+
+    def encode(self, texts: Sequence[str], desc: str) -> np.ndarray:
+        return enc.encode(enc.load_encoder(self.name, self.device), texts, self.batch_size, self.progress, desc=desc)
+
+    def free(self) -> None:
+        if self.device != "cpu":
+            enc.unload(self.name, self.device)
 
 
-def _column(fields: List[str], name: str) -> Optional[int]:
-    for i, f in enumerate(fields):
-        if f.split(":", 1)[0] == name:
-            return i
-    return None
-
-
-def read_split(settings: Mapping[str, Any], split: str) -> List[Sample]:
-    """The samples of ``<ds>.<split>.inter`` (header ``session_id:token item_id_list:token_seq item_id:token``)."""
-    path = inter_path(settings, split)
-    item = str(settings.get("ITEM_ID_FIELD") or "item_id")
-    list_field = item + str(settings.get("LIST_SUFFIX") or "_list")
-    if not path.is_file():
-        raise IntentError(
-            f"benchmark file {path} not found: convert the dataset first (recbole_llm4sbr.data.converters) "
-            f"or point --data_path at the folder that holds {settings['dataset']}/"
-        )
-    samples: List[Sample] = []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
-        col_list = _column(header, list_field)
-        if col_list is None:
-            raise IntentError(f"{path}: the header has no {list_field}:token_seq column (header: {' '.join(header)})")
-        col_sess, col_item = _column(header, "session_id"), _column(header, item)
-        for lineno, line in enumerate(f, start=2):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            cols = line.split("\t")
-            if len(cols) <= col_list:
-                raise IntentError(f"{path}, line {lineno}: expected {len(header)} tab-separated columns, got {len(cols)}")
-            prefix = tuple(cols[col_list].split())
-            if not prefix:
-                raise IntentError(f"{path}, line {lineno}: empty {list_field}; every sample needs a non-empty prefix")
-            samples.append(
-                Sample(
-                    split,
-                    cols[col_sess] if col_sess is not None and col_sess < len(cols) else None,
-                    prefix,
-                    cols[col_item] if col_item is not None and col_item < len(cols) else None,
-                )
-            )
-    return samples
-
-
-def read_samples(settings: Mapping[str, Any]) -> List[Sample]:
-    """All samples of the three benchmark files, train then valid then test."""
-    return [s for split in SPLITS for s in read_split(settings, split)]
-
-
-def unique_prefixes(samples: Sequence[Sample]) -> Dict[str, Tuple[str, ...]]:
-    """``{prefix_key: tokens}`` in first-seen order."""
-    out: Dict[str, Tuple[str, ...]] = {}
-    for s in samples:
-        out.setdefault(s.key, s.prefix)
-    return out
-
-
-def read_item_text(settings: Mapping[str, Any]) -> Dict[str, str]:
-    """``{item token: text}`` from ``<ds>.itemtext`` (header ``item_id<TAB>text``)."""
-    path = itemtext_path(settings)
-    if not path.is_file():
-        raise IntentError(f"item text file {path} not found: stage 1 needs it; write it with the data converter for {settings['dataset']}")
-    texts: Dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n")
-        if not header:
-            raise IntentError(f"item text file {path} is empty: expected a header 'item_id<TAB>text' and one line per item")
-        if header.split("\t")[0].split(":")[0] != "item_id" or "\t" not in header:
-            raise IntentError(f"item text file {path} is malformed: its first line must be the header 'item_id<TAB>text', got {header[:80]!r}")
-        for lineno, line in enumerate(f, start=2):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            if "\t" not in line:
-                raise IntentError(f"item text file {path} is malformed at line {lineno}: expected 'item_id<TAB>text', got {line[:80]!r}")
-            tok, text = line.split("\t", 1)
-            texts[tok.strip()] = text.strip()
-    if not texts:
-        raise IntentError(f"item text file {path} has no items: expected one 'item_id<TAB>text' line per item")
-    return texts
-
-
-def check_item_text(settings: Mapping[str, Any], prefixes: Mapping[str, Sequence[str]], texts: Mapping[str, str]) -> None:
-    missing = sorted({t for p in prefixes.values() for t in p if t not in texts})
-    if missing:
-        shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-        raise IntentError(
-            f"{len(missing)} item tokens used in the sessions of {settings['dataset']} have no text in "
-            f"{itemtext_path(settings)} ({shown}): add an 'item_id<TAB>text' line for each, or re-run the data converter"
-        )
-
-
-def file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def encode_catalogue(texts: Mapping[str, str], encoder: _Encoder) -> Tuple[List[str], np.ndarray]:
+    """``(item tokens, their text embeddings)``: what answers are grounded in, and what typical
+    samples cluster on (an item with no text is embedded as its token)."""
+    catalogue = list(texts)
+    return catalogue, encoder.encode([texts[t] or t for t in catalogue], desc="encode items")
 
 
 # ---- which prefixes get an LLM call ---------------------------------------------------------------
@@ -206,12 +115,94 @@ def plan_llm_calls(
     raise IntentError(f"unknown intent_samples {samples!r}: choose all or typical")
 
 
+@dataclass
+class CallPlan:
+    """Who is asked: ``plan[key]`` = the prefix whose answers ``key`` uses, ``asked`` those prefixes
+    (in order), ``prompts`` one per (asked prefix, view), view-major within a prefix."""
+
+    plan: Dict[str, str]
+    typical: Optional[TypicalPlan]
+    asked: List[str]
+    prompts: List[str]
+
+
+def plan_prompts(settings: Mapping[str, Any], inputs: Inputs, rows: PrefixPrompts, samples: str,
+                 catalogue: Tuple[List[str], np.ndarray], logger: Optional[logging.Logger] = None) -> CallPlan:
+    plan, tplan = plan_llm_calls(
+        settings, inputs.prefixes, logger, samples=samples,
+        train_keys=[s.key for s in inputs.samples if s.split == "train"],
+        item_tokens=catalogue[0], item_vectors=catalogue[1],
+    )
+    asked = list(dict.fromkeys(plan.values()))
+    return CallPlan(plan, tplan, asked, [p for k in asked for p in rows.prompts(inputs.prefixes[k])])
+
+
+# ---- the LLM --------------------------------------------------------------------------------------
+
+
+def ask(settings: Mapping[str, Any], backend_name: str, prompts: Sequence[str], template: str,
+        logger: logging.Logger, progress: bool) -> Tuple[List[Optional[str]], GenerationStats, Dict[str, Any]]:
+    """``(answer per prompt or None, stats, backend.describe())`` through the answer cache; the
+    backend is closed afterwards (frees the GPU for the encoder)."""
+    backend = get_backend(settings, logger, name=backend_name)
+    try:
+        info = backend.describe()
+        cache = AnswerCache(dataset_dir(settings) / "intent" / CACHE_FILE, info, template_version(template))
+        try:
+            answers, stats = answer_prompts(
+                backend, prompts, cache, int(settings.get("intent_batch_size") or 32), logger=logger, progress=progress
+            )
+        finally:
+            cache.close()
+    finally:
+        backend.close()
+    return answers, stats, info
+
+
+def clean_answers(calls: CallPlan, inputs: Inputs, rows: PrefixPrompts, answers: Sequence[Optional[str]],
+                  logger: logging.Logger) -> Dict[str, List[Answer]]:
+    """``{asked key: its Answer per view}``: cleaned, or fallen back (counted and logged)."""
+    n = len(rows.view_names)
+    out = {k: rows.answers(inputs.prefixes[k], answers[i * n:(i + 1) * n]) for i, k in enumerate(calls.asked)}
+    whys = [a.fallback for per_view in out.values() for a in per_view if a.fallback is not None]
+    if whys:
+        logger.warning(
+            f"{len(whys)} answers fell back to the text of the prefix's last item "
+            f"({whys.count('empty')} empty after cleaning, {whys.count('failed')} failed)"
+        )
+    return out
+
+
+# ---- encoding + localization ----------------------------------------------------------------------
+
+
+def ground_rows(settings: Mapping[str, Any], inputs: Inputs, calls: CallPlan, cleaned: Mapping[str, List[Answer]],
+                view_names: Sequence[str], encoder: _Encoder, catalogue: Tuple[List[str], np.ndarray],
+                logger: logging.Logger, timings: Dict[str, float]):
+    """``(keys, vectors, raw, records)``: every unique prefix's row, in first-seen order. The unique
+    answer texts are encoded once, with the catalogue's encoder, and localized (Eq. 4-5)."""
+    t0 = time.perf_counter()
+    texts = unique_texts(a for per_view in cleaned.values() for a in per_view)
+    embeddings = encoder.encode(texts, desc="encode answers")
+    timings["encoding"] += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    grounding = Grounding(texts, embeddings, catalogue[0], catalogue[1], int(settings.get("intent_topr") or 0),
+                          int(settings.get("intent_faiss_threshold") or 200_000), logger)
+    keys = list(inputs.prefixes)
+    vectors = np.empty((len(keys), len(view_names), grounding.dim), dtype=np.float32)
+    raw = np.empty_like(vectors)
+    records = []
+    for r, k in enumerate(keys):
+        src = calls.plan[k]
+        vectors[r], raw[r], rec = grounding.row(k, inputs.prefixes[k], view_names, cleaned[src],
+                                                exemplar=src if calls.typical is not None else None)
+        records.append(rec)
+    timings["localization"] = time.perf_counter() - t0
+    return keys, vectors, raw, records
+
+
 # ---- the table ------------------------------------------------------------------------------------
-
-
-def table_folder(settings: Mapping[str, Any], backend: str) -> Path:
-    """``<data_path>/<ds>/intent/<tag>/``."""
-    return dataset_dir(settings) / "intent" / table_tag(settings, backend)
 
 
 def _summary_lines(summary: Mapping[str, Any]) -> str:
@@ -228,144 +219,70 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
     settings = normalize_settings(settings)
     progress = bool(settings.get("show_progress", True))
     backend_name = backend_name or resolve_backend_name(settings, log)
-    views = intent_views(settings)
-    template = str(settings.get("intent_template") or "")
-    check_template(template, len(views))
-    tv = template_version(template)
+    samples_mode, _ = resolve_samples(settings, backend_name)
     folder = table_folder(settings, backend_name)
     timings: Dict[str, float] = {}
 
-    samples_mode, _ = resolve_samples(settings, backend_name)
-    max_items = prompt_max_items(settings, samples_mode)
-
-    # inputs
     t0 = time.perf_counter()
-    samples = read_samples(settings)
-    prefixes = unique_prefixes(samples)
-    texts = read_item_text(settings)
-    check_item_text(settings, prefixes, texts)
+    inputs = read_inputs(settings)
+    rows = PrefixPrompts.from_settings(settings, inputs.texts, prompt_max_items(settings, samples_mode))
     timings["prompting"] = time.perf_counter() - t0
 
-    # the catalogue first, with the encoder that will embed the answers: typical samples cluster on
-    # it; on a GPU the (small) encoder is freed again before the LLM starts
     t0 = time.perf_counter()
-    enc.set_cpu_threads(settings.get("torch_num_threads"))
-    enc_name = str(settings.get("intent_encoder"))
-    enc_device = enc.resolve_device(settings.get("intent_encoder_device") or settings.get("intent_device"))
-    bs = int(settings.get("intent_encoder_batch_size") or 256)
-    catalogue = list(texts)
-    model = enc.load_encoder(enc_name, enc_device)
-    i_emb = enc.encode(model, [texts[t] or t for t in catalogue], bs, progress, desc="encode items")
-    if enc_device != "cpu":
-        del model
-        enc.unload(enc_name, enc_device)
+    encoder = _Encoder(settings, progress)
+    catalogue = encode_catalogue(inputs.texts, encoder)
+    encoder.free()
     timings["encoding"] = time.perf_counter() - t0
 
-    # which prefixes the LLM is asked about, and one prompt per (asked prefix, view)
     t0 = time.perf_counter()
-    plan, tplan = plan_llm_calls(
-        settings, prefixes, log, samples=samples_mode,
-        train_keys=[s.key for s in samples if s.split == "train"], item_tokens=catalogue, item_vectors=i_emb,
-    )
-    asked = list(dict.fromkeys(plan.values()))
-    view_names = list(views)
-    prompts = [build_prompt(template, prefixes[k], texts, views[v], max_items) for k in asked for v in view_names]
+    calls = plan_prompts(settings, inputs, rows, samples_mode, catalogue, log)
     timings["prompting"] += time.perf_counter() - t0
     log.info(
-        f"stage 1 for {settings['dataset']}: {len(samples)} samples, {len(prefixes)} unique prefixes, "
-        f"intent_samples {samples_mode}: {len(asked)} asked x {len(view_names)} views = {len(prompts)} prompts, "
-        f"backend {backend_name} -> {folder}"
+        f"stage 1 for {settings['dataset']}: {len(inputs.samples)} samples, {len(inputs.prefixes)} unique prefixes, "
+        f"intent_samples {samples_mode}: {len(calls.asked)} asked x {len(rows.view_names)} views = "
+        f"{len(calls.prompts)} prompts, backend {backend_name} -> {folder}"
     )
 
-    # LLM
     t0 = time.perf_counter()
-    backend = get_backend(settings, log, name=backend_name)
-    try:
-        info = backend.describe()
-        cache = AnswerCache(dataset_dir(settings) / "intent" / CACHE_FILE, info, tv)
-        try:
-            answers, gstats = answer_prompts(
-                backend, prompts, cache, int(settings.get("intent_batch_size") or 32), logger=log, progress=progress
-            )
-        finally:
-            cache.close()
-    finally:
-        backend.close()  # frees the GPU for the encoder
+    answers, gstats, info = ask(settings, backend_name, calls.prompts, rows.template, log, progress)
     timings["LLM"] = time.perf_counter() - t0
 
-    # cleaning + fallback (never a silent empty answer)
-    item_ids = frozenset(texts)
-    max_chars = answer_max_chars(settings)
-    cleaned: Dict[Tuple[str, str], str] = {}
-    fell_back: Dict[Tuple[str, str], str] = {}
-    n_empty = n_failed = 0
-    for (k, v), ans in zip(((k, v) for k in asked for v in view_names), answers):
-        last = prefixes[k][-1]
-        cleaned[(k, v)], why = final_answer(ans, max_chars, item_ids, texts.get(last) or last)
-        if why is not None:
-            fell_back[(k, v)] = why
-            n_failed += why == "failed"
-            n_empty += why == "empty"
-    if fell_back:
-        log.warning(
-            f"{len(fell_back)} answers fell back to the text of the prefix's last item "
-            f"({n_empty} empty after cleaning, {n_failed} failed)"
-        )
-
-    # encoding: the unique answer texts, with the catalogue's encoder
+    cleaned = clean_answers(calls, inputs, rows, answers, log)
+    keys, vectors, raw, records = ground_rows(settings, inputs, calls, cleaned, rows.view_names, encoder,
+                                              catalogue, log, timings)
+    summary = build_summary(inputs, calls, rows, cleaned, gstats, samples_mode, timings)
+    meta = table_meta(settings, backend_name, info, rows, samples_mode, calls.typical, summary)
     t0 = time.perf_counter()
-    model = enc.load_encoder(enc_name, enc_device)
-    uniq_answers = list(dict.fromkeys(cleaned.values()))
-    a_row = {t: i for i, t in enumerate(uniq_answers)}
-    a_emb = enc.encode(model, uniq_answers, bs, progress, desc="encode answers")
-    timings["encoding"] += time.perf_counter() - t0
+    write_intent_table(folder, meta, keys, vectors, raw, records, item_tokens=catalogue[0], item_vectors=catalogue[1])
+    log.info(
+        f"intent table written to {folder} ({time.perf_counter() - t0:.2f} s)\n"
+        f"stage 1 summary ({settings['dataset']}, backend {backend_name}):\n{_summary_lines(summary)}"
+    )
+    return folder
 
-    # localization (Eq. 4-5) on unique answers, then scattered into [n_keys, n_views, d]
-    t0 = time.perf_counter()
-    topr = int(settings.get("intent_topr") or 0)
-    loc, idx, sims = localize(a_emb, i_emb, topr, int(settings.get("intent_faiss_threshold") or 200_000), log)
-    keys = list(prefixes)
-    d = a_emb.shape[1]
-    vectors = np.empty((len(keys), len(view_names), d), dtype=np.float32)
-    raw = np.empty_like(vectors)
-    records = []
-    for r, k in enumerate(keys):
-        src = plan[k]
-        rec: Dict[str, Any] = {"key": k, "prefix": list(prefixes[k]), "views": {}}
-        for j, v in enumerate(view_names):
-            text = cleaned[(src, v)]
-            a = a_row[text]
-            vectors[r, j] = loc[a]
-            raw[r, j] = a_emb[a]
-            entry: Dict[str, Any] = {
-                "answer": text,
-                "items": [catalogue[i] for i in idx[a]],
-                "sims": [round(float(s), 6) for s in sims[a]],
-            }
-            if (src, v) in fell_back:
-                entry["fallback"] = fell_back[(src, v)]
-            rec["views"][v] = entry
-        if tplan is not None:
-            rec["exemplar"] = src
-        records.append(rec)
-    timings["localization"] = time.perf_counter() - t0
 
-    direct = set(asked)  # prefixes whose own prompt was sent (an exemplar, or every prefix with all)
+def build_summary(inputs: Inputs, calls: CallPlan, rows: PrefixPrompts, cleaned: Mapping[str, List[Answer]],
+                  gstats: GenerationStats, samples_mode: str, timings: Mapping[str, float]) -> Dict[str, Any]:
+    """``meta["summary"]``: what the build asked, reused, sent and fell back on, and where the time went."""
+    whys = [a.fallback for per_view in cleaned.values() for a in per_view if a.fallback is not None]
+    direct = set(calls.asked)  # prefixes whose own prompt was sent (an exemplar, or every prefix with all)
+    samples = inputs.samples
     n_direct = sum(s.key in direct for s in samples)
-    summary: Dict[str, Any] = {
+    tplan = calls.typical
+    return {
         "samples": len(samples),
-        "unique prefixes": len(prefixes),
-        "prompts total": len(samples) * len(view_names),
+        "unique prefixes": len(inputs.prefixes),
+        "prompts total": len(samples) * len(rows.view_names),
         "prompts unique": gstats.unique,
         "from cache": gstats.from_cache,
         "sent": gstats.sent,
         "failed": gstats.failed,
-        "fallbacks": len(fell_back),
-        "fallbacks empty": n_empty,
+        "fallbacks": len(whys),
+        "fallbacks empty": whys.count("empty"),
         "intent_samples": samples_mode,
         **({"exemplars": len(tplan.exemplars)} if tplan is not None else {}),
-        "LLM prompts per view": len(asked),
-        "LLM prompts": len(prompts),
+        "LLM prompts per view": len(calls.asked),
+        "LLM prompts": len(calls.prompts),
         "samples with a direct answer": n_direct,
         "direct answer fraction": round(n_direct / max(len(samples), 1), 4),
         "time prompting": timings["prompting"],
@@ -373,22 +290,28 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
         "time encoding": timings["encoding"],
         "time localization": timings["localization"],
     }
-    meta = {
+
+
+def table_meta(settings: Mapping[str, Any], backend_name: str, info: Mapping[str, Any], rows: PrefixPrompts,
+               samples_mode: str, tplan: Optional[TypicalPlan], summary: Mapping[str, Any]) -> Dict[str, Any]:
+    """``meta.json`` of the table (``write_intent_table`` adds the counts); ``table_settings`` is what
+    ``stale_reason`` compares."""
+    return {
         "format_version": FORMAT_VERSION,
         "dataset": str(settings["dataset"]),
-        "views": view_names,
-        "qualifiers": views,
+        "views": list(rows.view_names),
+        "qualifiers": dict(rows.views),
         "backend": backend_name,
         "backend_info": info,
-        "template": template,
-        "template_version": tv,
+        "template": rows.template,
+        "template_version": template_version(rows.template),
         "sampling": sampling(settings),
         "encoder": str(settings.get("intent_encoder")),
         "encoder_path": enc.resolve_encoder(str(settings.get("intent_encoder"))),
-        "topr": topr,
+        "topr": int(settings.get("intent_topr") or 0),
         "intent_samples": samples_mode,
-        "prompt_max_items": max_items,
-        "answer_max_chars": max_chars,
+        "prompt_max_items": rows.max_items,
+        "answer_max_chars": rows.max_chars,
         "itemtext_sha1": file_sha1(itemtext_path(settings)),
         "table_settings": table_identity(settings, backend_name),
         **({"typical": {
@@ -398,16 +321,12 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
             "train_prefixes": tplan.train_prefixes,
             "kmeans_steps": tplan.iterations,
         }} if tplan is not None else {}),
-        "summary": summary,
+        "summary": dict(summary),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    t0 = time.perf_counter()
-    write_intent_table(folder, meta, keys, vectors, raw, records, item_tokens=catalogue, item_vectors=i_emb)
-    log.info(
-        f"intent table written to {folder} ({time.perf_counter() - t0:.2f} s)\n"
-        f"stage 1 summary ({settings['dataset']}, backend {backend_name}):\n{_summary_lines(summary)}"
-    )
-    return folder
+
+
+# ---- freshness: which table these settings use, and whether it is up to date -----------------------
 
 
 def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Optional[str]:

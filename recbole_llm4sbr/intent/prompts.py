@@ -1,4 +1,4 @@
-"""Multi-view prompts (METHOD.md, Stage 1 step 1).
+"""Multi-view prompts (docs/METHOD.md, Stage 1 step 1).
 
 One prompt per (prefix, view): the template's ``{items}`` becomes the WHOLE prefix as numbered lines
 ``N. <ItemName>_<ItemID>`` (oldest first, ids are the dataset's own tokens) and ``{qualifier}`` the
@@ -11,7 +11,7 @@ import hashlib
 import re
 from typing import Mapping, Sequence
 
-from .settings import IntentError
+from .errors import IntentError
 
 ITEMS = "{items}"
 QUALIFIER = "{qualifier}"

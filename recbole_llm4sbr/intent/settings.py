@@ -3,13 +3,11 @@
 Stage 1 runs in an LLM-only environment (vLLM ships its own torch), so it cannot use RecBole's
 ``Config``. This module layers the same files the same way (``properties/overall.yaml``, then
 ``properties/dataset/<ds>.yaml``, then the user's ``--config_files``, then ``--key=value``) into a
-plain dict, and names "the settings that change the table" in one place (``table_identity``) so the
-table tag, the staleness check and ``meta.json`` cannot disagree.
+plain dict, and reads the stage-1 keys from it (views, prompt length, answer length). Which settings
+change the table is ``identity.py``'s.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -17,35 +15,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from ..paths import default_data_path, properties_dir
+from .errors import IntentError
 
-#: bump when the table files change shape (DESIGN.md "Intent table"); 2: + items.npy / items.txt
-#: (the catalogue's text embeddings) and answers.jsonl's "exemplar"
-FORMAT_VERSION = 2
-#: bump when ``clean.py`` changes what an answer becomes: old tables then count as stale
-CLEAN_VERSION = 1
 #: default of ``intent_answer_max_chars`` (not in overall.yaml: cleaning detail, rarely changed)
 DEFAULT_ANSWER_MAX_CHARS = 200
 
 #: the sampling settings every LLM backend honours
 SAMPLING_KEYS: Tuple[str, ...] = ("intent_max_tokens", "intent_temperature", "intent_top_p", "intent_seed")
-
-#: config keys each backend's answers depend on (what its describe() reports, read from the config
-#: so the tag is known without loading a model). A backend that starts reading another key that
-#: changes its answers must be added here, or an old table would be reused for it.
-BACKEND_KEYS: Dict[str, Tuple[str, ...]] = {
-    "text": (),
-    "transformers": ("intent_model", "intent_dtype") + SAMPLING_KEYS,
-    "vllm": ("intent_model", "vllm_dtype", "vllm_max_model_len") + SAMPLING_KEYS,
-    "openai": ("intent_model", "openai_model", "openai_base_url") + SAMPLING_KEYS,
-}
-_DEFAULT_BACKEND_KEYS = ("intent_model",) + SAMPLING_KEYS
-
-
-class IntentError(Exception):
-    """A user error in stage 1 (bad input, missing file, bad setting): the message names it and the fix.
-
-    The CLI prints it as one line with no traceback.
-    """
 
 
 def yaml_loader() -> type:
@@ -241,42 +217,3 @@ def prompt_max_items(settings: Mapping[str, Any], samples: Optional[str] = None)
             f"intent_prompt_max_items={value!r}: give auto, 0 (the whole prefix, the paper) or a positive count"
         )
     return n
-
-
-def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
-    """Every setting that changes the intent table, for the resolved backend name (never ``auto``).
-
-    Hashed into the tag and stored in ``meta.json``; a table whose identity differs is stale.
-    """
-    from .backends import resolve_samples  # local: both import this module
-    from .prompts import template_version
-    from .typical import TYPICAL_VERSION
-
-    template = str(settings.get("intent_template") or "")
-    samples, _ = resolve_samples(settings, backend)
-    ident: Dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "clean_version": CLEAN_VERSION,
-        "backend": backend,
-        "backend_settings": {k: settings.get(k) for k in BACKEND_KEYS.get(backend, _DEFAULT_BACKEND_KEYS)},
-        "views": [[v, q] for v, q in intent_views(settings).items()],  # a list: the order matters
-        "template_version": template_version(template),
-        "encoder": str(settings.get("intent_encoder")),
-        "topr": int(settings.get("intent_topr") or 0),
-        "answer_max_chars": answer_max_chars(settings),
-        "samples": samples,
-    }
-    if samples == "typical":  # which prefixes got an answer of their own
-        ident["budget"] = settings.get("intent_budget")
-        ident["typical"] = {"version": TYPICAL_VERSION, "seed": settings.get("intent_seed")}
-    max_items = prompt_max_items(settings, samples)
-    if max_items:  # off (0) keeps the identity of tables built before the key existed
-        ident["prompt_max_items"] = max_items
-    # through JSON, so it compares equal to the copy read back from meta.json
-    return json.loads(json.dumps(ident, default=str))
-
-
-def table_tag(settings: Mapping[str, Any], backend: str) -> str:
-    """``<backend>-<8 hex of sha1 over table_identity>`` (DESIGN.md)."""
-    blob = json.dumps(table_identity(settings, backend), sort_keys=True, default=str)
-    return f"{backend}-{hashlib.sha1(blob.encode('utf-8')).hexdigest()[:8]}"

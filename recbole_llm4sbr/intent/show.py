@@ -11,9 +11,11 @@ import sys
 from typing import Any, Mapping, Optional, TextIO
 
 from .backends import resolve_samples
-from .pipeline import locate_table, read_item_text, read_samples
-from .prompts import build_prompt
-from .settings import IntentError, intent_views, normalize_settings, prompt_max_items
+from .errors import IntentError
+from .inputs import read_item_text, read_samples
+from .pipeline import locate_table
+from .rows import PrefixPrompts
+from .settings import intent_views, normalize_settings, prompt_max_items
 from .table import load_intent_table, read_meta
 
 
@@ -43,13 +45,15 @@ def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[Tex
         records.update({r["key"]: r for r in table.answers(exemplars)})
     views = intent_views(settings)
     template = table.meta.get("template", settings.get("intent_template", ""))
+    first = next(iter(views))  # the other views' prompts differ only in the qualifier
+    prompts = PrefixPrompts(template, {first: views[first]}, texts,
+                            prompt_max_items(settings, resolve_samples(settings, backend)[0]))
     w = out.write
     w(f"intent table: {folder}\nbackend: {table.meta.get('backend')} {table.meta.get('backend_info')}\n")
     for n, s in enumerate(mine, start=1):
         target = f"{s.target} ({texts.get(s.target, '?')})" if s.target is not None else "-"
         w(f"\n=== sample {n}/{len(mine)}: session {sid}, split {s.split}, prefix of {len(s.prefix)} items, "
           f"target {target}, prefix key {s.key}\n")
-        first = next(iter(views))
         rec = records.get(s.key)
         asked = s.prefix
         ex = rec.get("exemplar") if rec is not None else None
@@ -58,7 +62,7 @@ def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[Tex
             w(f"(intent_samples: typical: no LLM call of its own; it shares the answers of the exemplar {ex}, "
               f"a train prefix of {len(asked)} items)\n")
         w(f"--- prompt (view {first}; the other views differ only in the qualifier)\n")
-        w(build_prompt(template, asked, texts, views[first], prompt_max_items(settings, resolve_samples(settings, backend)[0])) + "\n")
+        w(prompts.prompts(asked)[0] + "\n")
         if rec is None:
             w("(this prefix is not in the table: it is stale, rebuild it)\n")
             continue

@@ -1,10 +1,13 @@
-"""The intent table on disk (DESIGN.md, "Intent table"): stage 1's only output, stage 2's only input.
+"""The intent table on disk (docs/DESIGN.md, "Intent table"): stage 1's only output, stage 2's only input.
 
 A table is a folder: ``meta.json``, ``keys.txt`` (row order), ``vectors.npy`` and ``raw.npy``
 (float32 ``[n_keys, n_views, d_text]``), ``answers.jsonl`` (what the LLM said and where it was
 grounded, for inspection), and the catalogue in the same text space: ``items.txt`` (item tokens, one
 per line, catalogue order) and ``items.npy`` (float32 ``[n_items, d_text]``, unit-norm rows: the
-embeddings localization grounded the answers in). It is written into a temporary sibling folder and renamed into place, so
+embeddings localization grounded the answers in). ``answers.offsets.npy`` (int64 ``[n_keys + 1]``:
+the byte offset of each key's ``answers.jsonl`` line in ``keys.txt`` order, -1 for a key without
+one, then the file's size) is the table's index into ``answers.jsonl``; a table written before it
+existed gets it built in memory on the first ``IntentTable.record`` (optional: no format bump). It is written into a temporary sibling folder and renamed into place, so
 a reader sees the old table or the new one, never half of one, and a killed writer leaves the old
 table intact.
 """
@@ -20,9 +23,13 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+#: bump when the table files change shape (docs/DESIGN.md "Intent table"); 2: + items.npy / items.txt
+#: (the catalogue's text embeddings) and answers.jsonl's "exemplar"
+FORMAT_VERSION = 2
+
 META, KEYS, VECTORS, RAW, ANSWERS = "meta.json", "keys.txt", "vectors.npy", "raw.npy", "answers.jsonl"
 ITEMS_TXT, ITEMS_NPY = "items.txt", "items.npy"
-TABLE_FILES = (META, KEYS, VECTORS, RAW, ANSWERS, ITEMS_TXT, ITEMS_NPY)
+ANSWERS_INDEX = "answers.offsets.npy"
 
 
 def keys_sha1(keys: Iterable[str]) -> str:
@@ -78,9 +85,7 @@ def write_intent_table(
         with open(tmp / ITEMS_TXT, "w", encoding="utf-8") as f:
             f.writelines(t + "\n" for t in item_tokens)
         np.save(tmp / ITEMS_NPY, item_vectors)
-        with open(tmp / ANSWERS, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        np.save(tmp / ANSWERS_INDEX, _write_answers(tmp / ANSWERS, records, keys))
         # meta last: a folder with meta.json is complete
         with open(tmp / META, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, ensure_ascii=False, default=str)
@@ -90,6 +95,44 @@ def write_intent_table(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _write_answers(path: Path, records: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> np.ndarray:
+    """Write ``answers.jsonl`` (one JSON line per record) and return its index (``ANSWERS_INDEX``)."""
+    row = {k: i for i, k in enumerate(keys)}
+    offsets = np.full(len(keys) + 1, -1, dtype=np.int64)
+    pos = 0
+    with open(path, "wb") as f:
+        for rec in records:
+            i = row.get(rec.get("key"))
+            if i is None or offsets[i] >= 0:
+                raise ValueError(f"answers record for key {rec.get('key')!r}: every record needs a key of the table, once")
+            offsets[i] = pos
+            line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+            f.write(line)
+            pos += len(line)
+    offsets[-1] = pos
+    return offsets
+
+
+def scan_answer_offsets(path: Path | str, keys: Sequence[str]) -> np.ndarray:
+    """The ``ANSWERS_INDEX`` of an ``answers.jsonl`` read from disk (a table written without one)."""
+    row = {k: i for i, k in enumerate(keys)}
+    offsets = np.full(len(keys) + 1, -1, dtype=np.int64)
+    head = b'{"key": "'  # how write_intent_table starts every line; anything else is parsed
+    pos = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.startswith(head):
+                key = line[len(head): line.index(b'"', len(head))].decode("utf-8")
+            else:
+                key = json.loads(line).get("key") if line.strip() else None
+            i = row.get(key)
+            if i is not None and offsets[i] < 0:
+                offsets[i] = pos
+            pos += len(line)
+    offsets[-1] = pos
+    return offsets
 
 
 def _fsync_dir_files(folder: Path) -> None:
@@ -151,6 +194,7 @@ class IntentTable:
         self.item_tokens = item_tokens
         self.item_vectors = item_vectors
         self._index = {k: i for i, k in enumerate(keys)}
+        self._answer_offsets: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -170,6 +214,35 @@ class IntentTable:
             return self.views.index(view)
         except ValueError:
             raise KeyError(f"view {view!r} is not in the intent table {self.path} (views: {', '.join(self.views)})") from None
+
+    def answer_offsets(self, rescan: bool = False) -> np.ndarray:
+        """The table's index into ``answers.jsonl`` (``ANSWERS_INDEX``), read once; built in memory for
+        a table written without it, or whose index does not fit its ``answers.jsonl``."""
+        if self._answer_offsets is None or rescan:
+            offsets = None
+            size = (self.path / ANSWERS).stat().st_size
+            if not rescan and (self.path / ANSWERS_INDEX).is_file():
+                offsets = np.load(self.path / ANSWERS_INDEX)
+                if offsets.shape != (len(self.keys) + 1,) or int(offsets[-1]) != size:
+                    offsets = None
+            self._answer_offsets = offsets if offsets is not None else scan_answer_offsets(self.path / ANSWERS, self.keys)
+        return self._answer_offsets
+
+    def record(self, key: str) -> Optional[Dict[str, Any]]:
+        """The ``answers.jsonl`` record of ``key`` (what the LLM said per view and where it was
+        grounded): one seek. KeyError as ``row`` when the prefix is not in the table; None when the
+        table holds no record for it."""
+        i = self.row(key)
+        for rescan in (False, True):
+            pos = int(self.answer_offsets(rescan)[i])
+            if pos < 0:
+                return None
+            with open(self.path / ANSWERS, "rb") as f:
+                f.seek(pos)
+                rec = json.loads(f.readline())
+            if rec.get("key") == key:
+                return rec
+        raise ValueError(f"intent table {self.path}: answers.jsonl has no line for {key!r} where it should be: rebuild it")
 
     def answers(self, keys: Optional[Iterable[str]] = None) -> Iterator[Dict[str, Any]]:
         """The ``answers.jsonl`` records (only those of ``keys`` when given), streamed."""

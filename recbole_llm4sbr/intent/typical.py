@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .settings import IntentError
+from .errors import IntentError
 
 #: bump when the clustering changes what it picks (it is part of the table identity with typical)
 TYPICAL_VERSION = 1

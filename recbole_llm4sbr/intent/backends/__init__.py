@@ -12,7 +12,7 @@ import importlib.util
 import logging
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ..settings import IntentError
+from ..errors import IntentError
 from .base import Backend
 
 #: registry name -> "module:Class"

@@ -65,7 +65,6 @@ class TransformersBackend(Backend):
 
     def __init__(self, settings: Dict[str, Any]):
         super().__init__(settings)
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         s = self.settings

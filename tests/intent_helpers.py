@@ -1,7 +1,5 @@
-"""Shared helpers of the stage-1 tests: a tiny benchmark dataset and fake backends.
-
-(Named test_intent_* so it belongs to the stage-1 tests; it holds no tests itself.)
-"""
+"""Shared helpers of the stage-1 tests: a tiny benchmark dataset and fake backends (no tests here,
+hence no ``test_`` prefix; pytest puts ``tests/`` on the path, so test files import it by name)."""
 from __future__ import annotations
 
 import os
@@ -13,7 +11,7 @@ from recbole_llm4sbr.intent.backends.base import Backend
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(HERE) not in sys.path:  # lets the registry import fake backends as "test_intent_helpers:..."
+if str(HERE) not in sys.path:  # lets the registry import fake backends as "intent_helpers:..." anywhere
     sys.path.insert(0, str(HERE))
 
 DS = "tiny"

@@ -1,0 +1,123 @@
+"""The per-prefix path of stage 1, in ONE place: a prefix -> its prompts; its answers -> its table row.
+
+``pipeline.build_intent_table`` (every prefix of a dataset, answers de-duplicated across prefixes)
+and ``online.OnlineIntents.infer`` (one unseen prefix at serving time) both run these steps, so an
+online intent is the row the table would hold for that prefix (they used to be two copies that
+drifted: the prompt length, the cleaning fallback). The steps, docs/METHOD.md Stage 1:
+
+1. ``PrefixPrompts.prompts``: one prompt per view (``intent_prompt_max_items`` applied);
+2. ``PrefixPrompts.answers``: each LLM answer cleaned, or the fallback with its reason
+   (``clean.final_answer``: never a silent empty answer);
+3. ``unique_texts`` -> the caller encodes them with the catalogue's encoder -> ``Grounding``
+   (Eq. 4-5: the top-r catalogue items of each text and their weighted sum);
+4. ``Grounding.row``: the row's grounded and raw vectors ``[n_views, d]`` and its ``answers.jsonl``
+   record.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .clean import final_answer
+from .localization import localize
+from .prompts import build_prompt, check_template
+from .settings import answer_max_chars, intent_views
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one (prefix, view) answer became: the text that is encoded, and why it is the fallback
+    (``"empty"`` after cleaning, ``"failed"`` LLM call) or None."""
+
+    text: str
+    fallback: Optional[str] = None
+
+
+class PrefixPrompts:
+    """Prompts of a prefix and the cleaning of its answers, with one table's settings.
+
+    ``views``: ordered ``{view: qualifier}``; ``item_text``: ``{item token: text}`` (the catalogue);
+    ``max_items``: the RESOLVED ``intent_prompt_max_items`` (0 = the whole prefix).
+    """
+
+    def __init__(self, template: str, views: Mapping[str, str], item_text: Mapping[str, str],
+                 max_items: int = 0, max_chars: int = 200):
+        check_template(template, len(views))
+        self.template = template
+        self.views = dict(views)
+        self.view_names: List[str] = list(views)
+        self.item_text = item_text
+        self.item_ids = frozenset(item_text)
+        self.max_items = int(max_items or 0)
+        self.max_chars = int(max_chars)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], item_text: Mapping[str, str], max_items: int) -> "PrefixPrompts":
+        return cls(str(settings.get("intent_template") or ""), intent_views(settings), item_text,
+                   max_items, answer_max_chars(settings))
+
+    def prompts(self, prefix: Sequence[str]) -> List[str]:
+        """One prompt per view, in view order."""
+        return [build_prompt(self.template, prefix, self.item_text, self.views[v], self.max_items)
+                for v in self.view_names]
+
+    def answers(self, prefix: Sequence[str], raw: Sequence[Optional[str]]) -> List[Answer]:
+        """The LLM's answers to ``prompts(prefix)`` (``None`` = the call failed), cleaned or fallen
+        back to the text of the prefix's last item."""
+        last = prefix[-1]
+        fallback = self.item_text.get(last) or last
+        return [Answer(*final_answer(a, self.max_chars, self.item_ids, fallback)) for a in raw]
+
+
+def unique_texts(answers: Iterable[Answer]) -> List[str]:
+    """The distinct texts to encode, first-seen order (identical answers are encoded once)."""
+    return list(dict.fromkeys(a.text for a in answers))
+
+
+class Grounding:
+    """Encoded answer texts grounded in the catalogue (Eq. 4-5), from which rows are cut.
+
+    ``texts`` and ``embeddings`` (unit-norm rows, the catalogue's encoder) are aligned;
+    ``item_tokens``/``item_vectors`` are the catalogue and its embeddings (``items.txt``/``items.npy``).
+    """
+
+    def __init__(self, texts: Sequence[str], embeddings: np.ndarray, item_tokens: Sequence[str],
+                 item_vectors: np.ndarray, topr: int, faiss_threshold: int = 200_000,
+                 logger: Optional[logging.Logger] = None):
+        self.row_of = {t: i for i, t in enumerate(texts)}
+        self.raw = np.asarray(embeddings, dtype=np.float32)
+        self.vectors, idx, sims = localize(self.raw, item_vectors, int(topr or 0), int(faiss_threshold), logger)
+        self.vectors = np.asarray(self.vectors, dtype=np.float32)
+        self._idx, self._sims, self._tokens = idx, sims, item_tokens
+        self._where: Dict[int, Tuple[List[str], List[float]]] = {}
+        self.dim = int(self.raw.shape[1])
+
+    def where(self, text: str) -> Tuple[List[str], List[float]]:
+        """The catalogue items ``text`` was grounded in, best first, and their similarities."""
+        a = self.row_of[text]
+        if a not in self._where:
+            self._where[a] = ([self._tokens[i] for i in self._idx[a]],
+                              [round(float(s), 6) for s in self._sims[a]])
+        return self._where[a]
+
+    def row(self, key: str, prefix: Sequence[str], view_names: Sequence[str], answers: Sequence[Answer],
+            exemplar: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+        """``(vectors [n_views, d], raw [n_views, d], record)`` of one prefix; ``answers`` per view
+        (an exemplar's, with ``intent_samples: typical``, then ``exemplar`` names it in the record)."""
+        rows = [self.row_of[a.text] for a in answers]
+        record: Dict[str, Any] = {"key": key, "prefix": list(prefix), "views": {}}
+        for v, a in zip(view_names, answers):
+            items, sims = self.where(a.text)
+            entry: Dict[str, Any] = {"answer": a.text, "items": list(items), "sims": list(sims)}
+            if a.fallback is not None:
+                entry["fallback"] = a.fallback
+            record["views"][v] = entry
+        if exemplar is not None:
+            record["exemplar"] = exemplar
+        return self.vectors[rows], self.raw[rows], record
+
+
+__all__ = ["Answer", "PrefixPrompts", "unique_texts", "Grounding"]

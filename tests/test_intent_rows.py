@@ -1,0 +1,54 @@
+"""One per-prefix path (intent/rows.py): online stage 1 gives, for a prefix the table holds, exactly
+that table's row (vectors, raw and answers.jsonl record), fallbacks included."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from intent_helpers import base_settings, write_dataset
+
+from recbole_llm4sbr.intent import build_intent_table, load_intent_table
+from recbole_llm4sbr.intent.backends import REGISTRY
+from recbole_llm4sbr.intent.online import OnlineIntents
+from recbole_llm4sbr.intent.rows import Answer, PrefixPrompts
+
+torch.set_num_threads(1)
+
+
+def same_record(a, b):
+    def exact(rec):
+        return {**rec, "views": {v: {k: x for k, x in e.items() if k != "sims"} for v, e in rec["views"].items()}}
+
+    return exact(a) == exact(b) and all(
+        np.allclose(a["views"][v]["sims"], b["views"][v]["sims"], atol=1e-5) for v in b["views"])
+
+
+@pytest.mark.parametrize("backend", ["text", "empty"])  # empty: every answer falls back
+def test_online_intent_is_the_tables_row(tmp_path, monkeypatch, backend):
+    monkeypatch.setitem(REGISTRY, "empty", "intent_helpers:EmptyBackend")
+    write_dataset(tmp_path)
+    settings = base_settings(tmp_path, intent_backend=backend, intent_samples="all", intent_prompt_max_items=1)
+    table = load_intent_table(build_intent_table(settings))
+    online = OnlineIntents(settings, table.path)
+    try:
+        for key in table.keys:
+            record = table.record(key)
+            found = online.infer(record["prefix"])
+            assert found.key == key and found.views == table.views
+            # the same record; sims up to the encoder's batch-size noise (the table encodes all at once)
+            assert same_record(found.record, record), (found.record, record)
+            np.testing.assert_allclose(found.vectors, table.vectors[table.row(key)], atol=1e-5)
+            np.testing.assert_allclose(found.raw, table.raw[table.row(key)], atol=1e-5)
+            if backend == "empty":
+                assert all(v["fallback"] == "empty" for v in record["views"].values())
+    finally:
+        online.close()
+
+
+def test_prompts_and_fallback_of_one_prefix():
+    texts = {"1": "Toy Story", "2": "Heat"}
+    rows = PrefixPrompts("{items}\n{qualifier}", {"long": "long-term", "short": "short-term"}, texts, max_items=1)
+    assert rows.prompts(["1", "2"]) == ["1. Heat_2\nlong-term", "1. Heat_2\nshort-term"]
+    assert rows.answers(["1", "2"], ["Answer: Toy Story_1", None]) == [
+        Answer("Toy Story"), Answer("Heat", "failed")]
