@@ -122,7 +122,6 @@ class ServedModel:
         self.online_enabled = online
         self._online = None
         self._table = None
-        self._answer_offsets = None
 
     # -- intents ---------------------------------------------------------------------------------
     def _stage1_settings(self):

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from ..paths import default_data_path, properties_dir
+from ..validation import validate
 from .errors import IntentError
 
 #: default of ``intent_answer_max_chars`` (not in overall.yaml: cleaning detail, rarely changed)
@@ -115,7 +116,8 @@ def load_settings(
 ) -> Dict[str, Any]:
     """The stage-1 settings as a plain dict, layered like RecBole (later wins).
 
-    ``overrides`` may carry ``dataset`` and ``config_files`` too (as the CLI passes them).
+    ``overrides`` may carry ``dataset`` and ``config_files`` too (as the CLI passes them). Types and
+    ranges are checked here, as the training config checks them (``recbole_llm4sbr.validation``).
     """
     overrides = dict(overrides or {})
     files = split_config_files(config_files) + split_config_files(overrides.pop("config_files", None))
@@ -137,6 +139,7 @@ def load_settings(
     settings["config_files"] = files
     if not settings.get("data_path"):
         settings["data_path"] = str(default_data_path())
+    validate(settings)
     return settings
 
 
