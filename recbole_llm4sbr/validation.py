@@ -72,6 +72,17 @@ def choice(*options: str) -> Rule:
                 options[0])
 
 
+def backend() -> Rule:
+    """``auto`` or a name in stage 1's backend registry (read when checked: plugins may register more)."""
+    def names():
+        from recbole_llm4sbr.intent.backends import REGISTRY
+
+        return ("auto", *sorted(REGISTRY))
+
+    return Rule(lambda v: isinstance(v, str) and v.strip().lower() in names(),
+                "auto or a registered backend (intent.backends.REGISTRY: text, transformers, vllm, openai)", "auto")
+
+
 def flag() -> Rule:
     ok = {"true", "false", "1", "0", "yes", "no", "on", "off"}
     return Rule(lambda v: isinstance(v, bool) or v in (0, 1) or (isinstance(v, str) and v.strip().lower() in ok),
@@ -130,7 +141,7 @@ RULES: Dict[str, Rule] = {
     "lr_step_size": integer(0, example="3"),
     "lr_gamma": real(0, 1, low_open=True, example="0.1"),
     # stage 1 (properties/overall.yaml)
-    "intent_backend": choice("auto", "text", "transformers", "vllm", "openai"),
+    "intent_backend": backend(),
     "intent_model": text(),
     "intent_views": mapping_of(),
     "intent_template": template(),

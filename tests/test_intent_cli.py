@@ -68,7 +68,7 @@ def test_show(built):
 @pytest.mark.parametrize(
     "extra,fragment",
     [
-        (["--intent_backend=gpt5"], "unknown intent_backend 'gpt5': choose one of auto"),
+        (["--intent_backend=gpt5"], "config key 'intent_backend' = 'gpt5'"),
         (["--session=999"], "session '999' is not in the benchmark files"),
         (["--intent_topr=2"], "no intent table for these settings"),
         (["--nonsense"], "has no value"),
@@ -87,7 +87,7 @@ def test_build_errors_are_one_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: 1 item tokens") and "tiny.itemtext (7)" in res.stderr
     res = cli(f"--dataset={DS}", f"--data_path={tmp_path}", "--intent_backend=bogus")
-    assert res.returncode == 2 and "unknown intent_backend 'bogus'" in res.stderr
+    assert res.returncode == 2 and "'intent_backend' = 'bogus'" in res.stderr and "Fix: --intent_backend=" in res.stderr
     res = cli("frobnicate")
     assert res.returncode == 2 and "unknown command" in res.stderr
     res = cli(f"--data_path={tmp_path}")
@@ -108,10 +108,10 @@ def run_main(capsys, *args):
 @pytest.mark.parametrize(
     "extra,names",
     [
-        (["--intent_backend=bogus"], ["intent_backend", "'bogus'", "choose one of auto"]),
-        (["--intent_samples=typical", "--intent_budget=0"], ["intent_budget=0", "count >= 1"]),
-        (["--intent_samples=sometimes"], ["intent_samples", "choose auto, all or typical"]),
-        (["--intent_prompt_max_items=-3"], ["intent_prompt_max_items=-3", "positive count"]),
+        (["--intent_backend=bogus"], ["intent_backend", "'bogus'", "Fix: --intent_backend="]),
+        (["--intent_samples=typical", "--intent_budget=0"], ["'intent_budget' = 0", "Fix: --intent_budget="]),
+        (["--intent_samples=sometimes"], ["intent_samples", "one of auto, all, typical"]),
+        (["--intent_prompt_max_items=-3"], ["'intent_prompt_max_items' = -3", "Fix: --intent_prompt_max_items="]),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_key_and_fix(tmp_path, capsys, monkeypatch, extra, names):
@@ -127,15 +127,15 @@ def test_a_bad_setting_is_one_line_naming_key_and_fix(tmp_path, capsys, monkeypa
 
 
 def test_debug_gives_the_traceback(tmp_path, capsys, monkeypatch):
-    from recbole_llm4sbr.intent.errors import IntentError
+    from recbole_llm4sbr.errors import ConfigError
 
     monkeypatch.delenv("LLM4SBR_DEBUG", raising=False)
     write_dataset(tmp_path)
     args = [f"--dataset={DS}", f"--data_path={tmp_path}", "--intent_backend=bogus"]
-    with pytest.raises(IntentError, match="unknown intent_backend 'bogus'"):
+    with pytest.raises(ConfigError, match="'intent_backend' = 'bogus'"):
         run_main(capsys, *args, "--debug")
     monkeypatch.setenv("LLM4SBR_DEBUG", "1")
-    with pytest.raises(IntentError):
+    with pytest.raises(ConfigError):
         run_main(capsys, *args)
 
 

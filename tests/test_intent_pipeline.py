@@ -12,6 +12,7 @@ from intent_helpers import DS, ITEMS, EchoBackend, base_settings, unique_prefix_
 
 from recbole_llm4sbr.intent import build_intent_table, ensure_intent_table, load_intent_table, prefix_key
 from recbole_llm4sbr.intent import pipeline
+from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.intent.backends import REGISTRY
 from recbole_llm4sbr.intent.encoder import encode, load_encoder
 from recbole_llm4sbr.intent.errors import IntentError
@@ -171,9 +172,10 @@ def test_missing_benchmark_file(tmp_path):
 
 
 def test_unknown_backend_and_samples(data):
-    with pytest.raises(IntentError, match="unknown intent_backend"):
+    # refused where the settings are built (validation), before any table work
+    with pytest.raises(ConfigError, match="'intent_backend' = 'nope'"):
         ensure_intent_table(base_settings(data, intent_backend="nope"))
-    with pytest.raises(IntentError, match="unknown intent_samples"):
+    with pytest.raises(ConfigError, match="'intent_samples' = 'some'"):
         build_intent_table(base_settings(data, intent_samples="some"))
 
 
