@@ -121,3 +121,19 @@ def test_hyper_tuning_exhaustive_grid(tmp_path):
     assert all(r["model"] == "GRU4Rec" and r["test_result"] for r in tuner.params2result.values())
     text = out.read_text()
     assert "learning_rate:0.01" in text and "learning_rate:0.0001" in text and "Test result" in text
+
+
+def test_eval_only_of_an_llm4sbr_checkpoint(tmp_path, monkeypatch):
+    from recbole_llm4sbr.data import intents as intents_module
+    from tinydata import synthetic_intents
+
+    folder = write_tiny_dataset(tmp_path)
+    table = synthetic_intents(folder)
+    monkeypatch.setattr(intents_module, "load_dataset_intents", lambda config, logger=None: table)
+    cfg = settings(tmp_path, epochs=1)
+    first = run_recbole_llm4sbr("LLM4SBR_GRU4Rec", "tiny", read_cmd_line=False, config_dict=cfg)
+    again = run_recbole_llm4sbr(dataset="tiny", read_cmd_line=False, config_dict=cfg, eval_only=True,
+                                checkpoint=first["model_file"])
+    assert again["model"] == "LLM4SBR_GRU4Rec" and again["epoch_times"] == []
+    assert dict(again["test_result"]) == pytest.approx(dict(first["test_result"]), abs=1e-6)
+    assert again["per_sample"] == first["per_sample"]
