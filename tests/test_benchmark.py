@@ -1,7 +1,6 @@
 """The benchmark: aggregation on hand-checked numbers, reports from fixed cells, and a two-cell end-to-end
 run on a tiny dataset (resumable: a rerun trains nothing; a crash loses only the cell in progress)."""
 import csv
-import json
 import math
 import sys
 from pathlib import Path
