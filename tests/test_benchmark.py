@@ -1,7 +1,6 @@
 """The benchmark: aggregation on hand-checked numbers, reports from fixed cells, and a two-cell end-to-end
 run on a tiny dataset (resumable: a rerun trains nothing; a crash loses only the cell in progress)."""
 import csv
-import json
 import math
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ BASE_MRR, LLM_MRR = [0.05, 0.05, 0.05], [0.04, 0.04, 0.04]
 
 
 def fake_cell(base, variant, seed, r20, mrr20, epoch, inference, params, mem=100.0, intent=None):
-    return {"format": 1, "id": f"{base}__{variant}__seed{seed}", "base": base, "variant": variant, "seed": seed,
+    return {"format": CELL_FORMAT, "id": f"{base}__{variant}__seed{seed}", "base": base, "variant": variant, "seed": seed,
             "model": base if variant == "base" else f"LLM4SBR_{base}",
             "test_result": {"recall@20": r20, "mrr@20": mrr20, "hit@20": r20},
             "epoch_time_s": epoch, "time_to_best_s": 10 * epoch, "inference_s": inference, "peak_mem_mb": mem,
@@ -102,14 +101,58 @@ def test_cell_digest_ignores_llm_keys_for_the_stock_base_only():
     assert digest("base", a) == digest("base", b)
     assert digest("llm4sbr", a) != digest("llm4sbr", b)
     assert digest("base", a) != digest("base", {"epochs": "5"})
+    assert digest("base", {"epochs": "5"}) == digest("base", {"epochs": 5})  # "5" on the command line is 5
     # the variant's own keys win: text stays text whatever --intent_backend says, so its cells are shared
     from recbole_llm4sbr.benchmark.variants import variant_config
-    eff = lambda v, o: settings_digest(relevant_settings("ds", v, variant_config(v, o)))  # noqa: E731
-    assert eff("text", a) == eff("text", b | {"show_progress": "False"})
-    bench = Benchmark("ds", ["SRGNN"], ["base", "text"], [1, 2, 3], b, "unused")
+    bench = Benchmark("ds", ["SRGNN"], ["base", "text"], [1, 2, 3], b, "unused", protocol="paper")
+    other = Benchmark("ds", ["SRGNN"], ["base", "text"], [1, 2, 3], a | {"show_progress": "False"}, "unused",
+                      protocol="paper")
     assert [(c.variant, c.seed) for c in bench.plan()] == [("base", 1), ("text", 1), ("text", 2), ("base", 2),
                                                            ("base", 3), ("text", 3)]
-    assert bench.plan()[1].digest == eff("text", a)
+    assert [c.id for c in bench.plan()] == [c.id for c in other.plan()]
+    assert variant_config("text", b)["intent_backend"] == "text"
+
+
+def test_every_llm4sbr_yaml_key_leaves_the_stock_digest_alone(tmp_path, monkeypatch):
+    """The stock base's digest skips exactly the keys of properties/model/LLM4SBR.yaml (derived from the
+    file, not a hand-kept list) and the stage-1 prefixes; a wrapped variant's digest sees them all."""
+    import shutil
+
+    import yaml
+
+    from recbole_llm4sbr.benchmark.runner import llm4sbr_only_keys
+    from recbole_llm4sbr.paths import properties_dir
+
+    digest = lambda v, o: settings_digest(relevant_settings("ds", v, o))  # noqa: E731
+    keys = yaml.safe_load((properties_dir() / "model" / "LLM4SBR.yaml").read_text())
+    assert {"semantic_at_inference", "semantic_pred_weight", "au_weight"} <= set(keys)
+    for key in [*keys, "intent_topr", "vllm_dtype", "openai_base_url"]:
+        assert digest("base", {"epochs": 3, key: "changed"}) == digest("base", {"epochs": 3}), key
+        assert digest("llm4sbr", {"epochs": 3, key: "changed"}) != digest("llm4sbr", {"epochs": 3}), key
+    # a key added to the yaml is left out of the stock digest without touching the runner
+    shutil.copytree(properties_dir(), tmp_path / "props")
+    with open(tmp_path / "props" / "model" / "LLM4SBR.yaml", "a") as f:
+        f.write("\nbrand_new_wrapper_key: 1\n")
+    assert "brand_new_wrapper_key" not in llm4sbr_only_keys()
+    before = digest("base", {"brand_new_wrapper_key": 2})
+    monkeypatch.setenv("LLM4SBR_PROPERTIES", str(tmp_path / "props"))
+    assert "brand_new_wrapper_key" in llm4sbr_only_keys()
+    assert digest("base", {"brand_new_wrapper_key": 2}) == digest("base", {}) != before
+
+
+def test_attribution_variants_config_and_digests():
+    from recbole_llm4sbr.benchmark.variants import VARIANTS, variant_config
+
+    assert parse_variants("arch,shuffled") == ["base", "arch", "shuffled"]
+    user = {"intent_backend": "vllm", "epochs": "9"}
+    assert variant_config("arch", user) == {**user, "intent_control": "constant"}
+    assert variant_config("shuffled", user) == {**user, "intent_control": "shuffled"}
+    assert "intent_control" not in variant_config("llm4sbr", user)  # the configured backend, real intents
+    assert VARIANTS["arch"].model("GRU4Rec") == VARIANTS["shuffled"].model("GRU4Rec") == "LLM4SBR_GRU4Rec"
+    names = ["base", "llm4sbr", "text", "arch", "shuffled", "no_au"]
+    bench = Benchmark("ds", ["GRU4Rec"], names, [1], user, "unused", protocol="paper")
+    assert len({c.digest for c in bench.plan()}) == len(names)
+    assert bench.config_dict(bench.plan()[3])["intent_control"] == "constant"
 
 
 def test_report_from_fixed_cells_and_png_optional(tmp_path, monkeypatch, caplog):
@@ -118,14 +161,15 @@ def test_report_from_fixed_cells_and_png_optional(tmp_path, monkeypatch, caplog)
     intent = {"path": "/x/intent/text-1234", "tag": "text-1234", "backend": "text", "model": None,
               "encoder": "enc", "topr": 5, "summary": {"samples": 12, "sent": 24, "time LLM": 0.5}}
     bench = Benchmark("ds", ["SRGNN"], ["base", "llm4sbr"], [2020, 2021, 2022], {"epochs": "10"}, tmp_path,
-                      command="python run_recbole_llm4sbr.py --benchmark", commit="abc1234")
+                      command="python run_recbole_llm4sbr.py --benchmark", commit="abc1234", protocol="paper")
     by_key = {(c["base"], c["variant"], c["seed"]): c for c in fixed_cells(intent)}
     for cell in bench.plan():
         write_json_atomic(bench.cell_path(cell), by_key[(cell.base, cell.variant, cell.seed)])
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     with caplog.at_level("INFO", logger="recbole_llm4sbr.benchmark"):
         _, paths = run_benchmark("ds", "SRGNN", "llm4sbr", "3", {"epochs": "10"}, tmp_path, report_only=True,
-                                 command="python run_recbole_llm4sbr.py --benchmark", commit="abc1234")
+                                 command="python run_recbole_llm4sbr.py --benchmark", commit="abc1234",
+                                 protocol="paper")
     assert "matplotlib is not installed" in (tmp_path / "ds" / "cells" / "benchmark.log").read_text()
     assert "png" not in paths
     md = paths["md"].read_text()
@@ -180,44 +224,121 @@ def tiny(tmp_path, monkeypatch):
 COMMON = ["--epochs=2", "--embedding_size=16", "--hidden_size=16", "--train_batch_size=32", "--state=WARNING"]
 
 
-def test_two_cells_end_to_end_then_rerun_trains_nothing(tiny):
+def test_fair_protocol_two_cells_end_to_end_then_rerun_trains_nothing(tiny):
+    """Fair protocol through the command: a 2-point grid per (base, variant) on the first seed, the
+    setting with the best validation score chosen, the grid recorded, per-sample outcomes kept."""
     from recbole_llm4sbr.quick_start.cli import main
 
     tmp_path, calls, _ = tiny
-    argv = ["--benchmark", "--dataset=tiny", "--base_models=GRU4Rec", "--seeds=1", "--variants=llm4sbr",
+    argv = ["--benchmark", "--dataset=tiny", "--base_models=GRU4Rec", "--seeds=1", "--variants=arch",
+            "--grid_learning_rate=0.01,0.0001", "--grid_lr_step_size=0", "--stopping_step=2",
             f"--results_dir={tmp_path / 'res'}", f"--data_path={tmp_path / 'data'}", *COMMON]
     assert main(argv) == 0
-    assert calls == ["GRU4Rec", "LLM4SBR_GRU4Rec"]
+    assert calls == ["GRU4Rec", "GRU4Rec", "LLM4SBR_GRU4Rec", "LLM4SBR_GRU4Rec"]  # 2 grid runs each
     folder = tmp_path / "res" / "tiny"
-    cells = sorted((folder / "cells").glob("*.json"))
-    assert [p.name.split("__")[:3] for p in cells] == [["GRU4Rec", "base", "seed2020"],
-                                                        ["GRU4Rec", "llm4sbr", "seed2020"]]
-    assert not list((folder / "cells").glob(".*tmp*"))
-    data = {json.loads(p.read_text())["variant"]: json.loads(p.read_text()) for p in cells}
-    for cell in data.values():
+    runs = sorted((folder / "cells").glob("*.json"))
+    assert len(runs) == 4 and not list((folder / "cells").glob(".*tmp*"))
+    from recbole_llm4sbr.benchmark.cli import parse
+
+    args, overrides = parse(argv)
+    assert args.grid == {"learning_rate": ["0.01", "0.0001"], "lr_step_size": ["0"]}
+    bench = Benchmark("tiny", ["GRU4Rec"], ["base", "arch"], [2020], overrides, tmp_path / "res", grid=args.grid)
+    final = {c["variant"]: c for c in bench.finished()}
+    assert list(final) == ["base", "arch"]
+    for cell in final.values():
+        assert cell["format"] == CELL_FORMAT and cell["protocol"] == "fair" and cell["tuned_on_seed"] == 2020
+        grid = cell["grid"]
+        assert [g["setting"] for g in grid] == [{"learning_rate": 0.01, "lr_step_size": 0},
+                                                {"learning_rate": 0.0001, "lr_step_size": 0}]
+        assert all(g["epochs_max"] == 2 and g["epochs_run"] >= 1 for g in grid)
+        best = max(grid, key=lambda g: g["best_valid_score"])
+        assert cell["setting"] == best["setting"] and cell["best_valid_score"] == best["best_valid_score"]
+        assert cell["config_dict"]["learning_rate"] == best["setting"]["learning_rate"]
+        assert cell["at_cap"] == (cell["best_epoch"] + 1 >= cell["epochs_max"])
         assert set(cell["test_result"]) >= {"recall@5", "recall@20", "mrr@10", "ndcg@20", "hit@20"}
-        assert cell["epochs_run"] == 2 and len(cell["epoch_times"]) == 2 and cell["best_epoch"] in (0, 1)
+        assert cell["epochs_run"] == len(cell["epoch_times"]) and cell["best_epoch"] in (0, 1)
         assert cell["inference_s"] > 0 and cell["params"] > 0 and cell["inference_reproduced"]
         assert cell["time_to_best_s"] > 0 and cell["peak_mem_kind"] in ("peak RSS growth", "cuda max allocated")
         assert Path(cell["model_file"]).is_file() and str(folder / "cells" / "checkpoints") in cell["model_file"]
-        assert cell["config_dict"]["seed"] == 2020 and cell["config_dict"]["epochs"] == "2"
-    assert data["base"]["intent"] is None
-    assert data["llm4sbr"]["intent"]["backend"] == "text" and data["llm4sbr"]["intent"]["summary"]["sent"] > 0
-    assert data["llm4sbr"]["params"] > data["base"]["params"]
+        per = cell["per_sample"]
+        assert per["n"] == cell["test_samples"] == len(per["recall@20"]) == len(per["ndcg@5"])
+        assert sum(per["mrr@20"]) / per["n"] == pytest.approx(cell["test_result"]["mrr@20"], abs=1e-6)
+    assert final["base"]["per_sample"]["order_sha1"] == final["arch"]["per_sample"]["order_sha1"]  # pairable
+    assert final["base"]["intent"] is None and final["arch"]["intent"]["backend"] == "text"
+    assert final["arch"]["config_dict"]["intent_control"] == "constant"
+    assert final["arch"]["params"] > final["base"]["params"]
     command = "python run_recbole_llm4sbr.py " + " ".join(argv)
     md = (folder / "report.md").read_text()
     assert f"command: `{command}`" in md and f"git commit `{git_commit()}`" in md
-    assert "intent backend: text" in md and "| GRU4Rec | llm4sbr | 1 |" in md
     rows = list(csv.DictReader(open(folder / "summary.csv")))
-    assert [(r["base"], r["variant"]) for r in rows] == [("GRU4Rec", "base"), ("GRU4Rec", "llm4sbr")]
-    assert rows[1]["command"] == command and rows[1]["recall@20 p"] == ""  # one seed: no test
+    assert [(r["base"], r["variant"]) for r in rows] == [("GRU4Rec", "base"), ("GRU4Rec", "arch")]
     log = (folder / "cells" / "benchmark.log").read_text()
-    assert log.count("Recall@20") == 2 and "MRR@20" in log and "ETA" in log
+    assert log.count("Recall@20") == 4 and "ETA" in log and "GRU4Rec / arch: chose learning_rate=" in log
     # rerun: nothing trains, the reports are rebuilt from the cells
     (folder / "report.md").unlink()
     assert main(argv) == 0
-    assert calls == ["GRU4Rec", "LLM4SBR_GRU4Rec"]
-    assert "| GRU4Rec | llm4sbr | 1 |" in (folder / "report.md").read_text()
+    assert len(calls) == 4 and (folder / "report.md").is_file()
+
+
+def stub_trainer(trained, valid_of, test_of):
+    """A trainer that records what it was asked to train and scores it without training."""
+
+    def trainer(model, dataset, files, config_dict, **kwargs):
+        lr, step = config_dict["learning_rate"], config_dict["lr_step_size"]
+        trained.append((model, config_dict["seed"], lr, step))
+        return {"test_result": {"recall@20": test_of(lr, step), "mrr@20": 0.01},
+                "best_valid_score": valid_of(lr, step), "valid_score_bigger": True,
+                "best_epoch": 3, "epochs_run": 9, "epochs_max": int(config_dict["epochs"])}
+
+    return trainer
+
+
+def test_fair_protocol_plans_grid_on_first_seed_and_chooses_on_validation(tmp_path):
+    trained = []
+    # the validation prefers lr 3e-4 with steps; the test would prefer the other: the choice must not peek
+    trainer = stub_trainer(trained, lambda lr, step: 0.3 if (lr, step) == (0.0003, 3) else 0.1,
+                           lambda lr, step: 0.1 if (lr, step) == (0.0003, 3) else 0.9)
+    bench = Benchmark("ds", ["GRU4Rec"], ["base", "arch"], [7, 8, 9], {}, tmp_path, trainer=trainer, commit="abc")
+    bench.prepare_stage1 = lambda cells: None  # no dataset here: the stub trains nothing
+    assert bench.grid == {"learning_rate": (0.001, 0.0003), "lr_step_size": (0, 3)}  # the default grid
+    assert len(bench.plan()) == 6 and bench.total_runs() == 2 * (4 + 2)
+    finals = bench.run()
+    grid = [(lr, s) for lr in (0.001, 0.0003) for s in (0, 3)]
+    assert trained == ([("GRU4Rec", 7, lr, s) for lr, s in grid] + [("LLM4SBR_GRU4Rec", 7, lr, s) for lr, s in grid]
+                       + [("LLM4SBR_GRU4Rec", 8, 0.0003, 3), ("GRU4Rec", 8, 0.0003, 3),
+                          ("GRU4Rec", 9, 0.0003, 3), ("LLM4SBR_GRU4Rec", 9, 0.0003, 3)])
+    assert [(c["variant"], c["seed"]) for c in finals] == [("base", 7), ("arch", 7), ("arch", 8), ("base", 8),
+                                                           ("base", 9), ("arch", 9)]
+    for cell in finals:
+        assert cell["setting"] == {"learning_rate": 0.0003, "lr_step_size": 3} and cell["tuned_on_seed"] == 7
+        assert len(cell["grid"]) == 4 and cell["protocol"] == "fair" and cell["at_cap"] is False
+        assert cell["config_dict"]["epochs"] == 50 and cell["config_dict"]["stopping_step"] == 5
+    first = next(c for c in finals if (c["variant"], c["seed"]) == ("base", 7))
+    assert first["id"] in {Path(p).stem for p in map(str, bench.cells_dir.glob("*.json"))}  # the grid run itself
+    assert len(list(bench.cells_dir.glob("*.json"))) == 12  # 8 grid runs + 4 other-seed cells, no retraining
+    # a rerun trains nothing; a user's --learning_rate fixes that axis (a 2-point grid, new cells)
+    Benchmark("ds", ["GRU4Rec"], ["base", "arch"], [7, 8, 9], {}, tmp_path, trainer=trainer, commit="abc").run()
+    assert len(trained) == 12
+    fixed = Benchmark("ds", ["GRU4Rec"], ["base"], [7], {"learning_rate": "0.01", "epochs": "9"}, tmp_path,
+                      trainer=trainer, commit="abc")
+    assert fixed.grid == {"learning_rate": (0.01,), "lr_step_size": (0, 3)}
+    fixed.run()
+    assert trained[12:] == [("GRU4Rec", 7, 0.01, 0), ("GRU4Rec", 7, 0.01, 3)]
+    assert fixed.finished()[0]["at_cap"] is False and fixed.finished()[0]["epochs_max"] == 9
+
+
+def test_paper_protocol_trains_each_seed_once_with_the_paper_schedule(tmp_path):
+    trained = []
+    bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1, 2], {}, tmp_path, protocol="paper", commit="abc",
+                      trainer=stub_trainer(trained, lambda lr, s: 0.1, lambda lr, s: 0.1))
+    finals = bench.run()
+    assert trained == [("GRU4Rec", 1, 0.001, 3), ("GRU4Rec", 2, 0.001, 3)]
+    assert [c["grid"] for c in finals] == [[], []] and {c["tuned_on_seed"] for c in finals} == {None}
+    assert finals[0]["config_dict"]["epochs"] == 30 and finals[0]["config_dict"]["lr_gamma"] == 0.1
+    assert {c["protocol"] for c in finals} == {"paper"}
+    from recbole_llm4sbr.benchmark.cli import main
+
+    assert main(["--benchmark", "--protocol=paper", "--grid_learning_rate=0.1", "--dataset=ds"]) == 2
 
 
 def test_a_crash_loses_only_the_cell_in_progress(tiny):
@@ -226,7 +347,7 @@ def test_a_crash_loses_only_the_cell_in_progress(tiny):
     tmp_path, calls, counting = tiny
     kwargs = dict(overrides={"data_path": str(tmp_path / "data"), "epochs": "1", "embedding_size": "16",
                              "hidden_size": "16", "state": "WARNING"},
-                  results_dir=tmp_path / "res", plot=False, inference_repeats=1)
+                  results_dir=tmp_path / "res", plot=False, inference_repeats=1, protocol="paper")
     counting.fail_on = 2
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_benchmark("tiny", "GRU4Rec", "base", "2", **kwargs)
@@ -253,7 +374,8 @@ def test_concurrent_runs_share_cells_and_take_over_stale_locks(tmp_path):
         bench.cell_path(meanwhile).write_text('{"format": %d, "test_result": {}}' % CELL_FORMAT)
         return {"test_result": {"recall@20": 0.1, "mrr@20": 0.01}, "best_epoch": 0}
 
-    bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1, 2, 3], {}, tmp_path, trainer=trainer, commit="abc")
+    bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1, 2, 3], {}, tmp_path, trainer=trainer, commit="abc",
+                      protocol="paper")
     held, stale, meanwhile = bench.plan()
     bench.cells_dir.mkdir(parents=True)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

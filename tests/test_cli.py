@@ -46,3 +46,40 @@ def test_bad_input_is_one_clear_line(tmp_path, args, needle):
     assert needle in out.stderr
     assert "Fix:" in out.stderr or "not supported" in out.stderr  # a refusal names its reason
     assert "Traceback" not in out.stderr
+
+
+def test_help_names_every_command_and_flag(tmp_path):
+    out = run_cli(["--help"], cwd=tmp_path)
+    assert out.returncode == 0
+    for flag in ("--benchmark", "--debug", "--eval_only", "--checkpoint", "--resume", "quick_start.hyper"):
+        assert flag in out.stdout, flag
+    bench = run_cli(["--benchmark", "--help"], cwd=tmp_path)
+    assert bench.returncode == 0
+    for flag in ("--protocol", "--grid_learning_rate", "--grid_lr_step_size", "--debug", "arch", "shuffled"):
+        assert flag in bench.stdout, flag
+    hyper = subprocess.run([sys.executable, "-m", "recbole_llm4sbr.quick_start.hyper", "--help"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert hyper.returncode == 0 and "--params_file" in hyper.stdout and "--algo" in hyper.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--benchmark", "--model=SRGNN"], "--model has no meaning with --benchmark"),
+    (["--benchmark", "--protocol=paper", "--grid_learning_rate=0.1"], "only applies to --protocol=fair"),
+    (["--benchmark", "--variants=nope"], "Unknown variant 'nope'"),
+    (["--checkpoint=nowhere.pth"], "checkpoint nowhere.pth not found"),
+    (["--eval_only"], "eval_only needs a checkpoint"),
+])
+def test_benchmark_and_checkpoint_errors_are_one_line(tmp_path, args, needle):
+    out = run_cli(args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    debug = run_cli([*args, "--debug"], cwd=tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr  # --debug re-raises
+
+
+def test_hyper_command_bad_params_file_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "recbole_llm4sbr.quick_start.hyper", "--model=GRU4Rec",
+                          f"--params_file={tmp_path / 'none.hyper'}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 2 and "--params_file" in out.stderr and "Traceback" not in out.stderr

@@ -1,14 +1,24 @@
 """``python run_recbole_llm4sbr.py --benchmark --dataset=<ds> --base_models=SRGNN,GRU4Rec --seeds=3
-[--variants=llm4sbr,text,no_au,no_long,no_short,no_loc,r0,r1,r3,r5] [--results_dir=results]
-[--config_files=...] [--report_only] [--key=value ...]``
+[--variants=llm4sbr,text,arch,shuffled,no_au,no_long,no_short,no_loc,r0,r1,r3,r5] [--results_dir=results]
+[--protocol=fair|paper] [--grid_learning_rate=0.001,0.0003 --grid_lr_step_size=0,3]
+[--config_files=...] [--report_only] [--debug] [--key=value ...]``
 
 For each base and seed: the stock RecBole model and every LLM4SBR variant on the same split and seed
 (``base`` is always included). Any other ``--key=value`` is a config override for every cell (e.g.
 ``--epochs=10``, ``--intent_backend=transformers``, ``--intent_samples=typical``); ``--seed=S`` sets
 the first seed. Finished cells are kept under ``<results_dir>/<ds>/cells/`` and skipped on a rerun;
 the reports (``report.md``, ``summary.csv``, ``cells.csv``, ``relative_gain.png``) are rebuilt from them.
+
+Protocols: fair (default): per (base, variant) a grid of learning_rate x lr_step_size (0 = constant lr,
+3 = x0.1 every 3 epochs) trained on the first seed with an epoch cap of 50 and early stopping after 5
+epochs; the setting with the best validation score is chosen (never a test number), and the other
+seeds train with it. ``--grid_<key>=a,b`` replaces or adds an axis; ``--learning_rate=X`` (any axis's
+key) fixes it; ``--epochs=N`` sets the cap. paper: the paper's schedule (lr 1e-3, x0.1 every 3 epochs,
+30 epochs, early stop 5), no search.
+
 Variants: base (without LLM), llm4sbr (full; intent backend as configured), text (LLM-free text
-intents), no_au (without alignment-uniformity), no_long / no_short (without that view), no_loc
+intents), arch (architecture only: one constant intent), shuffled (the intent table's rows in a fixed
+permutation), no_au (without alignment-uniformity), no_long / no_short (without that view), no_loc
 (without localization), r0 / r1 / r3 / r5 (intent_topr).
 """
 from __future__ import annotations
@@ -17,9 +27,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from recbole_llm4sbr.benchmark.variants import parse_bases, parse_seeds, parse_variants
+from recbole_llm4sbr.benchmark.runner import BenchmarkError
+from recbole_llm4sbr.errors import run_command
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
 
@@ -38,19 +50,42 @@ def parse(argv: Sequence[str]):
     parser.add_argument("--inference_repeats", type=int, default=3)
     parser.add_argument("--report_only", action="store_true", help="rebuild the reports from the cells; train nothing")
     parser.add_argument("--no_plot", action="store_true", help="skip relative_gain.png")
+    parser.add_argument("--protocol", default="fair", choices=["fair", "paper"],
+                        help="fair: tune learning_rate x lr_step_size per (base, variant) on the first seed's "
+                             "validation split (default); paper: the paper's schedule, no search")
+    parser.add_argument("--grid_learning_rate", default=None, metavar="A,B",
+                        help="fair protocol: learning rates to try (default 0.001,0.0003)")
+    parser.add_argument("--grid_lr_step_size", default=None, metavar="A,B",
+                        help="fair protocol: step sizes to try, 0 = constant lr (default 0,3); "
+                             "any --grid_<key>=a,b adds an axis")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--model", "-m", default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(list(argv))
     overrides: Dict[str, str] = {}
+    grid: Dict[str, list] = {}
+    for name in ("learning_rate", "lr_step_size"):
+        if getattr(args, f"grid_{name}") is not None:
+            grid[name] = _values(getattr(args, f"grid_{name}"))
     for arg in rest:
-        if arg.startswith("--") and "=" in arg:
+        if arg.startswith("--grid_") and "=" in arg:
+            key, value = arg[len("--grid_"):].split("=", 1)
+            grid[key] = _values(value)
+        elif arg.startswith("--") and "=" in arg:
             key, value = arg[2:].split("=", 1)
             overrides[key] = value
-        elif arg != "--debug":
-            raise ValueError(f"unexpected argument '{arg}'. Fix: config overrides are written --key=value.")
+        else:
+            raise BenchmarkError(f"unexpected argument '{arg}'. Fix: config overrides are written --key=value.")
     if args.model:
-        raise ValueError("--model has no meaning with --benchmark. Fix: name the stock bases with "
-                         "--base_models=SRGNN,GRU4Rec (each is run stock and as LLM4SBR_<Base>).")
+        raise BenchmarkError("--model has no meaning with --benchmark. Fix: name the stock bases with "
+                             "--base_models=SRGNN,GRU4Rec (each is run stock and as LLM4SBR_<Base>).")
+    if grid and args.protocol != "fair":
+        raise BenchmarkError("--grid_* only applies to --protocol=fair (paper has no search)")
+    args.grid = grid
     return args, overrides
+
+
+def _values(text: str) -> list:
+    return [v for v in str(text).replace(" ", ",").split(",") if v]
 
 
 def setup_logging(folder: Path) -> None:
@@ -72,8 +107,10 @@ def setup_logging(folder: Path) -> None:
 
 def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides: Optional[dict] = None,
                   results_dir="results", config_files=None, command: str = "", report_only: bool = False,
-                  plot: bool = True, inference_repeats: int = 3, commit: Optional[str] = None):
-    """Library entry point of the CLI; returns ``(benchmark, report paths)``."""
+                  plot: bool = True, inference_repeats: int = 3, commit: Optional[str] = None,
+                  protocol: str = "fair", grid: Optional[Dict[str, Sequence]] = None):
+    """Library entry point of the CLI; returns ``(benchmark, report paths)``. ``protocol``/``grid`` as
+    ``--protocol``/``--grid_<key>`` (``grid={"learning_rate": [0.001, 0.0003]}``)."""
     from recbole_llm4sbr.benchmark.report import write_reports
     from recbole_llm4sbr.benchmark.runner import Benchmark
 
@@ -81,32 +118,30 @@ def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides:
     first = overrides.pop("seed", 2020)
     bench = Benchmark(dataset, parse_bases(bases), parse_variants(variants), parse_seeds(seeds, int(first)),
                       overrides, results_dir, config_files, command=command, commit=commit,
-                      inference_repeats=inference_repeats)
+                      inference_repeats=inference_repeats, protocol=protocol, grid=grid)
     setup_logging(bench.cells_dir)
     if report_only:
-        log.info(f"report only: {len(bench.finished())} of {len(bench.plan())} cells finished")
+        log.info(f"report only: {len(bench.finished())} of {len(bench.slots())} cells finished")
     else:
         bench.run(report=lambda b: write_reports(b, plot=False, quiet=True))
     paths = write_reports(bench, plot=plot)
     return bench, paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from recbole_llm4sbr.benchmark.runner import BenchmarkError, command_line
+def _main(argv: List[str]) -> int:
+    from recbole_llm4sbr.benchmark.runner import command_line
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args, overrides = parse(argv)
-        files = args.config_files.replace(",", " ").split() if args.config_files else None
-        run_benchmark(args.dataset, args.base_models, args.variants, args.seeds, overrides, args.results_dir,
-                      files, command=command_line(argv), report_only=args.report_only, plot=not args.no_plot,
-                      inference_repeats=args.inference_repeats)
-    except (BenchmarkError, ValueError, KeyError, FileNotFoundError, ImportError) as err:
-        if "--debug" in argv:
-            raise
-        print(f"error: {err}\n(rerun with --debug for the traceback)", file=sys.stderr)
-        return 2
+    args, overrides = parse(argv)
+    files = args.config_files.replace(",", " ").split() if args.config_files else None
+    run_benchmark(args.dataset, args.base_models, args.variants, args.seeds, overrides, args.results_dir,
+                  files, command=command_line(argv), report_only=args.report_only, plot=not args.no_plot,
+                  inference_repeats=args.inference_repeats, protocol=args.protocol, grid=args.grid)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_command(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The benchmark's cells: one (base, variant, seed) each, trained and tested in this process, saved as
 its own JSON, skipped when already there.
 
-A cell calls ``run_recbole_llm4sbr(model, dataset, config_files, config_dict, read_cmd_line=False)``:
-RecBole's Trainer keeps the best epoch on the validation split and RecBole's evaluator tests it. Around
-that call the runner measures, for the same process and machine as the other cells:
+A training run calls ``run_recbole_llm4sbr(model, dataset, config_files, config_dict, read_cmd_line=False)``
+inside ``capture_run()``: RecBole's Trainer keeps the best epoch on the validation split and RecBole's
+evaluator tests it; the plugin trainer records its own fit time, checkpoint times and per-sample test
+outcomes. Around that call the runner measures, for the same process and machine as the other cells:
 
 - ``epoch_time_s``: mean seconds of a training epoch (the quick start's per-epoch timer);
 - ``time_to_best_s``: wall seconds from the start of ``fit`` to the end of the epoch whose checkpoint
@@ -15,16 +16,43 @@ that call the runner measures, for the same process and machine as the other cel
   after ``gc`` + ``malloc_trim``); ``peak_mem_kind`` says which;
 - ``params``: trainable parameters of the model (the intent table is a buffer, not counted).
 
+Protocols (``protocol``): ``fair`` (default) lets every model, stock or wrapped, converge under one
+rule chosen on the validation split only: per (base, variant) a grid over ``learning_rate`` x
+``lr_step_size`` (``FAIR_GRID``; ``--grid_<key>=a,b`` replaces or adds an axis, a user's
+``--<key>=`` fixes it) is trained on the FIRST seed with an epoch cap of 50 and early stopping after 5
+epochs without gain; the setting with the best ``best_valid_score`` (never a test number) is chosen,
+the first seed's final cell IS that grid run, and every other seed trains once with it. ``paper``: the
+paper's schedule (lr 1e-3, x0.1 every 3 epochs, 30 epochs, early stop 5), no search. Each training run
+(grid point or seed) is its own cell JSON, so a benchmark may span sessions and processes.
+
 Cells are identified by base, variant, seed and an 8-hex digest of the settings that can change that
-cell's result (dataset, config files' content, ``--key=value`` overrides with the variant's own laid
-over them; for the stock base the
-LLM4SBR and stage-1 keys are left out, so base cells are shared by runs that differ only in those).
+run's result (dataset, config files' content, the protocol's keys, ``--key=value`` overrides, the
+variant's own keys and the run's setting laid over them); for the stock base the LLM4SBR keys (those
+of ``properties/model/LLM4SBR.yaml``) and the stage-1 keys (``intent_*``, ``vllm_*``, ``openai_*``)
+are left out, so base cells are shared by runs that differ only in those.
+
+Cell JSON, ``format`` ``CELL_FORMAT`` = 2 (other formats are ignored: those cells run again). Every
+run's file has: ``format, id, dataset, base, variant, seed, model, settings`` (what the digest is made
+of), ``config_dict``, ``command, commit, finished``, ``protocol`` ("fair"|"paper"), ``setting``
+(``{"learning_rate": ..., "lr_step_size": ...}``: what it trained with), ``test_result,
+best_valid_result, best_valid_score, valid_metric, valid_score_bigger, best_epoch`` (0-based),
+``epochs_run, epochs_max, epoch_times, epoch_time_s, time_to_best_s, train_time_to_best_s,
+fit_time_s, cell_time_s, inference_s, inference_runs_s, inference_reproduced, test_samples, params,
+device, torch_threads, model_file, intent`` (the table: backend, model, encoder, summary; None for the
+stock base), ``load_avg``, the memory keys (``peak_mem_mb, peak_mem_kind, peak_rss_mb``[, ``peak_cuda_mb``])
+and ``per_sample`` (``{"order_sha1", "n", "recall@K", "mrr@K", "ndcg@K"}`` for every K of ``topk``:
+the final test evaluation per sample, in evaluation order, for a paired bootstrap). A FINAL cell (one
+per base, variant, seed; ``Benchmark.finished()`` returns exactly these, in plan order) adds
+``grid`` (``[{"setting", "best_valid_score", "best_epoch", "epochs_run", "epochs_max"}, ...]``: the
+tuning runs of its (base, variant), ``[]`` for paper), ``tuned_on_seed`` (the first seed, or None for
+paper) and ``at_cap`` (``best_epoch + 1 >= epochs_max``: the cap, not convergence, ended it).
 """
 from __future__ import annotations
 
 import ctypes
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -33,24 +61,94 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from recbole_llm4sbr.errors import LLM4SBRError
 from recbole_llm4sbr.benchmark.variants import VARIANTS, variant_config
 
-CELL_FORMAT = 1
+CELL_FORMAT = 2
 #: overrides that never change a result (left out of the cell digest)
 NEUTRAL_KEYS = {"show_progress", "state", "checkpoint_dir", "benchmark", "log_wandb", "debug"}
-#: keys that only LLM4SBR models read (left out of the stock base's digest)
+#: stage-1 keys: only LLM4SBR models read them (left out of the stock base's digest)
 LLM4SBR_ONLY_PREFIXES = ("intent_", "vllm_", "openai_")
-LLM4SBR_ONLY_KEYS = {"llm4sbr_views", "view_behaviour", "au_weight", "load_intent"}
 #: what every cell gets unless the user overrides it
 CELL_DEFAULTS = {"show_progress": False, "metric_decimal_place": 6}
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(LLM4SBRError):
     """Bad benchmark input; the message names the fix."""
+
+
+def llm4sbr_only_keys() -> frozenset:
+    """The keys of ``properties/model/LLM4SBR.yaml``: only ``LLM4SBR_<Base>`` models read them, so the
+    stock base's digest leaves them out (read each time: the file is the one source of truth)."""
+    import yaml
+
+    from recbole_llm4sbr.paths import properties_dir
+
+    with open(properties_dir() / "model" / "LLM4SBR.yaml", encoding="utf-8") as f:
+        return frozenset((yaml.safe_load(f) or {}).keys())
+
+
+def _value(text):
+    """A ``--key=value`` string as the number or bool it spells (so "50" and 50 digest alike)."""
+    if not isinstance(text, str):
+        return text
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ---- protocols ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every cell is trained: ``defaults`` (config keys under the user's overrides) and the
+    ``grid`` of settings tuned per (base, variant) on the first seed (one value per axis: no search)."""
+
+    name: str
+    defaults: Dict[str, object]
+    grid: Dict[str, tuple]
+
+
+FAIR_GRID = {"learning_rate": (0.001, 0.0003), "lr_step_size": (0, 3)}
+PROTOCOLS = {
+    "fair": Protocol("fair", {"epochs": 50, "stopping_step": 5, "lr_gamma": 0.1}, FAIR_GRID),
+    "paper": Protocol("paper", {"epochs": 30, "stopping_step": 5, "lr_gamma": 0.1},
+                      {"learning_rate": (0.001,), "lr_step_size": (3,)}),
+}
+
+
+def protocol_grid(protocol: str, overrides: Dict[str, object],
+                  grid: Optional[Dict[str, Sequence]] = None) -> Dict[str, tuple]:
+    """The protocol's grid with ``grid`` (``--grid_<key>=``) replacing or adding axes; an axis the
+    user set explicitly (``--learning_rate=``) is fixed to that value."""
+    if protocol not in PROTOCOLS:
+        raise BenchmarkError(f"--protocol={protocol}: unknown. Fix: --protocol=fair (default) or --protocol=paper")
+    axes = {k: tuple(v) for k, v in PROTOCOLS[protocol].grid.items()}
+    for key, values in (grid or {}).items():
+        values = tuple(_value(v) for v in values)
+        if not values:
+            raise BenchmarkError(f"--grid_{key} is empty. Fix: --grid_{key}=a,b")
+        axes[key] = values
+    for key in list(axes):
+        if key in overrides:
+            axes[key] = (_value(overrides[key]),)
+    return axes
+
+
+def grid_settings(axes: Dict[str, tuple]) -> List[Dict[str, object]]:
+    """Every point of the grid, the first axis slowest (``learning_rate`` then ``lr_step_size``)."""
+    keys = list(axes)
+    return [dict(zip(keys, point)) for point in itertools.product(*(axes[k] for k in keys))]
 
 
 def git_commit(root: Optional[Path] = None) -> str:
@@ -77,11 +175,13 @@ def relevant_settings(dataset: str, variant: str, overrides: Dict[str, object],
                       config_files: Sequence[str] = ()) -> dict:
     """What can change a cell's result besides base and seed (the cell digest is made from it)."""
     keep = {}
+    only_llm4sbr = llm4sbr_only_keys()
     for key, value in sorted(overrides.items()):
         if key in NEUTRAL_KEYS:
             continue
-        if not VARIANTS[variant].wrapped and (key.startswith(LLM4SBR_ONLY_PREFIXES) or key in LLM4SBR_ONLY_KEYS):
+        if not VARIANTS[variant].wrapped and (key.startswith(LLM4SBR_ONLY_PREFIXES) or key in only_llm4sbr):
             continue
+        value = _value(value)
         keep[key] = value if isinstance(value, (int, float, bool, type(None))) else str(value)
     return {"dataset": dataset, "variant": variant, "overrides": keep,
             "config_files": [[str(p), _file_digest(str(p))] for p in config_files]}
@@ -93,10 +193,13 @@ def settings_digest(settings: dict) -> str:
 
 @dataclass(frozen=True)
 class Cell:
+    """One training run; ``setting`` (sorted ``(key, value)`` pairs) is what it trains with."""
+
     base: str
     variant: str
     seed: int
     digest: str
+    setting: Tuple[Tuple[str, object], ...] = ()
 
     @property
     def id(self) -> str:
@@ -219,44 +322,17 @@ def train_cell(model: str, dataset: str, config_files: Optional[List[str]], conf
 
     import recbole_llm4sbr.quick_start.quick_start as qs
 
-    captured: dict = {}
-    original_build = qs.build
-
-    def capturing_build(config):
-        built = original_build(config)
-        data, (train, valid, test), net, trainer = built
-        captured.update(dataset=data, test=test, model=net, trainer=trainer, saves=[])
-        fit, save = trainer.fit, trainer._save_checkpoint
-
-        def timed_fit(*args, **kwargs):
-            captured["fit_start"] = time.perf_counter()
-            try:
-                return fit(*args, **kwargs)
-            finally:
-                captured["fit_time"] = time.perf_counter() - captured["fit_start"]
-
-        def recording_save(epoch, *args, **kwargs):
-            out = save(epoch, *args, **kwargs)
-            captured["saves"].append((epoch, time.perf_counter() - captured.get("fit_start", time.perf_counter())))
-            return out
-
-        trainer.fit, trainer._save_checkpoint = timed_fit, recording_save
-        return built
-
     memory = PeakMemory()
     load_start = _loadavg()
     start = time.perf_counter()
-    qs.build = capturing_build
-    try:
+    with qs.capture_run() as run:
         result = qs.run_recbole_llm4sbr(model, dataset, config_file_list=config_files, config_dict=config_dict,
                                         saved=True, read_cmd_line=False)
-    finally:
-        qs.build = original_build
     cell_time = time.perf_counter() - start
     config = result["config"]
     mem = memory.result(str(config["device"]))
 
-    trainer, test = captured["trainer"], captured["test"]
+    trainer, test = run.trainer, run.test_data
     runs = []
     again = None
     for _ in range(max(1, int(inference_repeats))):
@@ -271,16 +347,17 @@ def train_cell(model: str, dataset: str, config_files: Optional[List[str]], conf
                     f"not {dict(result['test_result'])}")
 
     epoch_times = list(result["epoch_times"])
-    saves = [s for s in captured["saves"] if s[0] >= 0]
+    saves = [s for s in trainer.saves if s[0] >= 0]
     best_epoch, time_to_best = (saves[-1] if saves else (None, None))
-    params = sum(p.numel() for p in captured["model"].parameters() if p.requires_grad)
-    path = getattr(captured["dataset"], "intent_table_path", None)
+    params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    path = getattr(run.dataset, "intent_table_path", None)
     meta = (known_meta or {}).get(str(path)) or read_intent_meta(path)
     out = {
         "test_result": {k: float(v) for k, v in result["test_result"].items()},
         "best_valid_result": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
         "best_valid_score": float(result["best_valid_score"]),
         "valid_metric": str(config["valid_metric"]),
+        "valid_score_bigger": bool(result["valid_score_bigger"]),
         "best_epoch": best_epoch,
         "epochs_run": len(epoch_times),
         "epochs_max": int(config["epochs"]),
@@ -288,7 +365,7 @@ def train_cell(model: str, dataset: str, config_files: Optional[List[str]], conf
         "epoch_time_s": sum(epoch_times) / len(epoch_times) if epoch_times else None,
         "time_to_best_s": time_to_best,
         "train_time_to_best_s": sum(epoch_times[: best_epoch + 1]) if best_epoch is not None else None,
-        "fit_time_s": captured.get("fit_time"),
+        "fit_time_s": trainer.fit_time_s,
         "cell_time_s": cell_time,
         "inference_s": min(runs),
         "inference_runs_s": runs,
@@ -301,8 +378,9 @@ def train_cell(model: str, dataset: str, config_files: Optional[List[str]], conf
         "intent": intent_info(path, meta),
         "load_avg": [load_start, _loadavg()],  # 1-min load average at start and end: other processes skew timings
         **mem,
+        "per_sample": result.get("per_sample"),
     }
-    captured.clear()
+    run.clear()
     del result, trainer, test
     release_memory()
     return out
@@ -340,13 +418,23 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
 
 
+class Slot(NamedTuple):
+    """One final cell of the plan: what the report gets for (base, variant, seed)."""
+
+    base: str
+    variant: str
+    seed: int
+
+
 class Benchmark:
-    """A plan of cells (seeds outermost, so every (base, variant) has a number early), run in order."""
+    """A plan of final cells (seeds outermost, so every (base, variant) has a number early), and the
+    training runs that produce them under the protocol (module doc), run in order."""
 
     def __init__(self, dataset: str, bases: Sequence[str], variants: Sequence[str], seeds: Sequence[int],
                  overrides: Optional[Dict[str, object]] = None, results_dir="results",
                  config_files: Optional[Sequence[str]] = None, command: str = "", commit: Optional[str] = None,
-                 inference_repeats: int = 3, trainer: Callable[..., dict] = train_cell):
+                 inference_repeats: int = 3, trainer: Callable[..., dict] = train_cell,
+                 protocol: str = "fair", grid: Optional[Dict[str, Sequence]] = None):
         self.dataset = dataset
         self.bases, self.variants, self.seeds = list(bases), list(variants), list(seeds)
         self.overrides = dict(overrides or {})
@@ -357,26 +445,104 @@ class Benchmark:
         self.commit = commit or git_commit()
         self.inference_repeats = inference_repeats
         self.trainer = trainer
-        self.settings = {v: relevant_settings(dataset, v, variant_config(v, self.overrides), self.config_files)
-                         for v in self.variants}
-        self.digests = {v: settings_digest(s) for v, s in self.settings.items()}
+        self.grid = protocol_grid(protocol, self.overrides, grid)  # raises on an unknown protocol
+        self.protocol = PROTOCOLS[protocol]
+        self.settings_grid = grid_settings(self.grid)
+        self.searched = len(self.settings_grid) > 1
         self.stage1: Dict[str, dict] = {}  # intent table path -> meta (from the preparation step)
+        self._cells: Dict[tuple, Cell] = {}
+        self._loaded: Dict[Path, dict] = {}
+        self._announced: set = set()
 
-    def plan(self) -> List[Cell]:
+    # -- cells ------------------------------------------------------------------------------------------
+
+    def run_overrides(self, variant: str, setting: Dict[str, object]) -> Dict[str, object]:
+        """Config keys of one run: protocol defaults < the user's overrides < the variant's < the setting."""
+        out = dict(self.protocol.defaults)
+        out.update(variant_config(variant, self.overrides))
+        out.update(setting)
+        return out
+
+    def cell(self, base: str, variant: str, seed: int, setting: Dict[str, object]) -> Cell:
+        key = (base, variant, seed, tuple(sorted(setting.items())))
+        if key not in self._cells:
+            settings = relevant_settings(self.dataset, variant, self.run_overrides(variant, setting),
+                                         self.config_files)
+            self._cells[key] = Cell(base, variant, seed, settings_digest(settings), key[3])
+        return self._cells[key]
+
+    def cell_settings(self, cell: Cell) -> dict:
+        return relevant_settings(self.dataset, cell.variant, self.run_overrides(cell.variant, dict(cell.setting)),
+                                 self.config_files)
+
+    def slots(self) -> List[Slot]:
         """Seeds outermost; within a seed, each base with all its variants, in the given order for the
         1st, 3rd, ... seed and reversed for the 2nd, 4th, ... (so the stock base is not always the first
         cell after a change of model, which would give it every warm-up cost)."""
-        cells = []
+        out = []
         for i, seed in enumerate(self.seeds):
             order = self.variants if i % 2 == 0 else self.variants[::-1]
-            cells += [Cell(b, v, seed, self.digests[v]) for b in self.bases for v in order]
-        return cells
+            out += [Slot(b, v, seed) for b in self.bases for v in order]
+        return out
+
+    def grid_cells(self, base: str, variant: str) -> List[Cell]:
+        """The tuning runs of (base, variant): every grid setting on the first seed ([] for no search)."""
+        if not self.searched:
+            return []
+        return [self.cell(base, variant, self.seeds[0], s) for s in self.settings_grid]
+
+    def chosen(self, base: str, variant: str) -> Optional[Cell]:
+        """The first seed's grid run with the best ``best_valid_score`` (validation only; the first in
+        grid order on a tie), or None while a grid run is unfinished. Without a search: the one setting."""
+        if not self.searched:
+            return self.cell(base, variant, self.seeds[0], self.settings_grid[0])
+        runs = [(c, self.load(c)) for c in self.grid_cells(base, variant)]
+        if any(data is None for _, data in runs):
+            return None
+        bigger = runs[0][1].get("valid_score_bigger", True)
+        best = None
+        for c, data in runs:
+            score = data.get("best_valid_score")
+            if score is None:
+                continue
+            if best is None or (score > best[1] if bigger else score < best[1]):
+                best = (c, score)
+        return best[0] if best else runs[0][0]
+
+    def final_cell(self, slot: Slot) -> Optional[Cell]:
+        """The run that is ``slot``'s final cell, or None while its (base, variant) is being tuned."""
+        choice = self.chosen(slot.base, slot.variant)
+        if choice is None:
+            return None
+        if slot.seed == choice.seed:
+            return choice
+        return self.cell(slot.base, slot.variant, slot.seed, dict(choice.setting))
+
+    def plan(self) -> List[Cell]:
+        """The final cells in slot order; one still being tuned stands as a placeholder cell (digest
+        ``tuning``) that never loads. ``runs()`` is what gets trained."""
+        return [self.final_cell(s) or Cell(s.base, s.variant, s.seed, "tuning") for s in self.slots()]
+
+    def runs(self) -> List[Cell]:
+        """The training runs known now, in order: every (base, variant)'s grid runs (first seed, in slot
+        order), then the final cells of the other seeds whose (base, variant) is tuned."""
+        out: List[Cell] = []
+        for slot in self.slots():
+            if slot.seed == self.seeds[0]:
+                out += self.grid_cells(slot.base, slot.variant)
+        for slot in self.slots():
+            cell = self.final_cell(slot)
+            if cell is not None and cell not in out:
+                out.append(cell)
+        return out
 
     def cell_path(self, cell: Cell) -> Path:
         return self.cells_dir / f"{cell.id}.json"
 
     def load(self, cell: Cell) -> Optional[dict]:
         path = self.cell_path(cell)
+        if path in self._loaded:
+            return self._loaded[path]
         if not path.is_file():
             return None
         try:
@@ -385,14 +551,41 @@ class Benchmark:
         except ValueError:
             log.warning(f"{path} is not valid JSON: that cell runs again")
             return None
-        return data if data.get("format") == CELL_FORMAT else None
+        if data.get("format") != CELL_FORMAT:
+            return None
+        self._loaded[path] = data  # a finished cell's file never changes
+        return data
+
+    def grid_summary(self, base: str, variant: str) -> List[dict]:
+        out = []
+        for c in self.grid_cells(base, variant):
+            data = self.load(c) or {}
+            out.append({"setting": dict(c.setting), "best_valid_score": data.get("best_valid_score"),
+                        "best_epoch": data.get("best_epoch"), "epochs_run": data.get("epochs_run"),
+                        "epochs_max": data.get("epochs_max")})
+        return out
+
+    def final_record(self, cell: Cell, data: dict) -> dict:
+        """A run's JSON as the final cell of its slot: with this benchmark's protocol, the setting, the
+        grid it was chosen from, the tuning seed and whether the epoch cap ended it."""
+        best, cap = data.get("best_epoch"), data.get("epochs_max")
+        return {**data, "protocol": self.protocol.name, "setting": dict(cell.setting),
+                "grid": self.grid_summary(cell.base, cell.variant),
+                "tuned_on_seed": self.seeds[0] if self.searched else None,
+                "at_cap": bool(best is not None and cap and best + 1 >= cap)}
 
     def finished(self) -> List[dict]:
-        return [c for c in (self.load(cell) for cell in self.plan()) if c is not None]
+        """The finished final cells (one per base, variant, seed), in plan order."""
+        out = []
+        for cell in self.plan():
+            data = self.load(cell)
+            if data is not None:
+                out.append(self.final_record(cell, data))
+        return out
 
     def config_dict(self, cell: Cell) -> dict:
         out = dict(CELL_DEFAULTS)
-        out.update(variant_config(cell.variant, self.overrides))
+        out.update(self.run_overrides(cell.variant, dict(cell.setting)))
         out["seed"] = cell.seed
         out["checkpoint_dir"] = str(self.cells_dir / "checkpoints" / cell.id)
         return out
@@ -427,23 +620,67 @@ class Benchmark:
 
     # -- the loop ---------------------------------------------------------------------------------------
 
+    def total_runs(self) -> int:
+        """Training runs the whole plan needs: the grid on the first seed + one per other seed."""
+        per_pair = (len(self.settings_grid) + len(self.seeds) - 1) if self.searched else len(self.seeds)
+        return len(self.bases) * len(self.variants) * per_pair
+
+    def _announce_choices(self) -> None:
+        if not self.searched:
+            return
+        for base in self.bases:
+            for variant in self.variants:
+                choice = self.chosen(base, variant)
+                if choice is None or (base, variant) in self._announced:
+                    continue
+                self._announced.add((base, variant))
+                data = self.load(choice)
+                grid = "; ".join(f"{_fmt_setting(g['setting'])}: {g['best_valid_score']}"
+                                 for g in self.grid_summary(base, variant))
+                log.info(f"{base} / {variant}: chose {_fmt_setting(dict(choice.setting))} on seed {choice.seed} "
+                         f"by validation {data.get('valid_metric')} ({grid})")
+                if data.get("best_epoch") is not None and data["best_epoch"] + 1 >= (data.get("epochs_max") or 0):
+                    log.warning(f"{base} / {variant}: the chosen run's best epoch is the epoch cap "
+                                f"({data.get('epochs_max')}); it may not have converged. Fix: a higher --epochs")
+
+    def _left(self) -> List[Tuple[str, str]]:
+        """(base, variant) of every run still to train, including the seeds of untuned pairs."""
+        left = [(c.base, c.variant) for c in self.runs() if self.load(c) is None]
+        left += [(s.base, s.variant) for s in self.slots() if self.final_cell(s) is None and s.seed != self.seeds[0]]
+        return left
+
     def run(self, report: Optional[Callable[["Benchmark"], None]] = None) -> List[dict]:
-        plan = self.plan()
-        todo = [c for c in plan if self.load(c) is None]
-        done = len(plan) - len(todo)
+        n_final = len(self.slots())
+        total = self.total_runs()
+        grid = (f"protocol {self.protocol.name}: a grid of {len(self.settings_grid)} settings "
+                f"({', '.join(f'{k} {list(v)}' for k, v in self.grid.items())}) per (base, variant) on seed "
+                f"{self.seeds[0]}, " if self.searched else
+                f"protocol {self.protocol.name} ({_fmt_setting(self.settings_grid[0])}), ")
+        pending = [c for c in self.runs() if self.load(c) is None]
         log.info(f"benchmark {self.dataset}: {len(self.bases)} bases x {len(self.variants)} variants x "
-                 f"{len(self.seeds)} seeds = {len(plan)} cells; {done} already finished, {len(todo)} to run "
-                 f"-> {self.cells_dir}")
-        if todo:
-            self.prepare_stage1(todo)
+                 f"{len(self.seeds)} seeds = {n_final} cells; {grid}{total} training runs, "
+                 f"{len(self._left())} to run -> {self.cells_dir}")
+        if pending:
+            self.prepare_stage1(pending)
+        self._announce_choices()
         durations: Dict[tuple, List[float]] = {}
-        for i, cell in enumerate(todo):
+        attempted: set = set()
+        trained = 0
+        while True:
+            todo = [c for c in self.runs() if c.id not in attempted and self.load(c) is None]
+            if not todo:
+                break
+            cell = todo[0]
+            attempted.add(cell.id)
             t0 = time.perf_counter()
             claim = self.claim(cell)
             if claim is None:  # finished or being trained by another benchmark process meanwhile
                 continue
-            log.info(f"[{done + i + 1}/{len(plan)}] {cell.base} / {cell.variant} / seed {cell.seed}: "
-                     f"training {cell.model}")
+            role = "grid run " + _fmt_setting(dict(cell.setting)) if (
+                self.searched and cell.seed == self.seeds[0]) else _fmt_setting(dict(cell.setting))
+            position = total - len(self._left()) + 1
+            log.info(f"[{position}/{total}] {cell.base} / {cell.variant} / seed {cell.seed}: "
+                     f"training {cell.model} ({role})")
             try:
                 measured = self.trainer(cell.model, self.dataset, self.config_files or None, self.config_dict(cell),
                                         inference_repeats=self.inference_repeats, known_meta=self.stage1)
@@ -457,26 +694,33 @@ class Benchmark:
                 "variant": cell.variant,
                 "seed": cell.seed,
                 "model": cell.model,
-                "settings": self.settings[cell.variant],
+                "settings": self.cell_settings(cell),
                 "config_dict": self.config_dict(cell),
                 "command": self.command,
                 "commit": self.commit,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "protocol": self.protocol.name,
+                "setting": dict(cell.setting),
                 **measured,
             }
             write_json_atomic(self.cell_path(cell), data)
+            trained += 1
             elapsed = time.perf_counter() - t0
             durations.setdefault((cell.base, cell.variant), []).append(elapsed)
-            left = todo[i + 1:]
-            eta = self._eta(left, durations)
+            left = self._left()
             res = data["test_result"]
-            log.info(f"[{done + i + 1}/{len(plan)}] done {cell.base} / {cell.variant} / seed {cell.seed}: "
+            log.info(f"[{total - len(left)}/{total}] done {cell.base} / {cell.variant} / seed {cell.seed}: "
                      f"Recall@20 {res.get('recall@20', float('nan')):.4f}  MRR@20 {res.get('mrr@20', float('nan')):.4f}  "
                      f"(best epoch {data.get('best_epoch')}, {_fmt_duration(elapsed)}); "
-                     f"ETA {_fmt_duration(eta)} for {len(left)} cells left")
+                     f"ETA {_fmt_duration(self._eta(left, durations))} for {len(left)} runs left")
+            self._announce_choices()
             if report is not None:
                 report(self)
-        if report is not None and not todo:
+        waiting = sorted({(s.base, s.variant) for s in self.slots() if self.final_cell(s) is None})
+        for base, variant in waiting:
+            log.info(f"{base} / {variant}: a grid run is held by another benchmark process; its other seeds "
+                     "train once it has finished (rerun this command then)")
+        if report is not None and not trained:
             report(self)
         return self.finished()
 
@@ -513,7 +757,7 @@ class Benchmark:
         return None
 
     @staticmethod
-    def _eta(left: Sequence[Cell], durations: Dict[tuple, List[float]]) -> float:
+    def _eta(left: Sequence[Tuple[str, str]], durations: Dict[tuple, List[float]]) -> float:
         every = [d for ds in durations.values() for d in ds]
         if not every:
             return 0.0
@@ -524,10 +768,14 @@ class Benchmark:
             by_variant.setdefault(v, []).extend(ds)
             by_base.setdefault(b, []).extend(ds)
         total = 0.0
-        for cell in left:
-            known = durations.get((cell.base, cell.variant)) or by_base.get(cell.base) or by_variant.get(cell.variant)
+        for base, variant in left:
+            known = durations.get((base, variant)) or by_base.get(base) or by_variant.get(variant)
             total += sum(known) / len(known) if known else overall
         return total
+
+
+def _fmt_setting(setting: Dict[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "defaults"
 
 
 def command_line(argv: Optional[Sequence[str]] = None) -> str:

@@ -1,13 +1,28 @@
-"""The benchmark's variants: stock base, full LLM4SBR, and the paper's ablations, each a config delta.
+"""The benchmark's variants: stock base, full LLM4SBR, attribution controls and the paper's ablations,
+each a config delta.
 
 A variant is ``(wrapped, overrides, label)``: ``wrapped`` says whether the cell trains
 ``LLM4SBR_<Base>`` or the stock ``<Base>``; ``overrides`` are config keys laid over the user's own
 ``--key=value`` (the variant wins: ``text`` stays LLM-free whatever ``--intent_backend`` says).
+Attribution controls (read by the model as ``intent_control``): ``arch`` gives every sample one
+constant intent (what the wrapper's architecture alone adds), ``shuffled`` a fixed permutation of the
+intent table's rows (intents of other sessions); both on the configured intent backend, like ``llm4sbr``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List
+
+#: the one place this module spells the wrapper's name (the model package owns the convention)
+_WRAPPED_PREFIX = "LLM4SBR_"
+
+
+def _wrapped_name(base: str) -> str:
+    return f"{_WRAPPED_PREFIX}{base}"
+
+
+def _base_of(name: str) -> str:
+    return name[len(_WRAPPED_PREFIX):] if name.startswith(_WRAPPED_PREFIX) else name
 
 
 @dataclass(frozen=True)
@@ -18,13 +33,16 @@ class Variant:
     overrides: Dict[str, object] = field(default_factory=dict)
 
     def model(self, base: str) -> str:
-        return f"LLM4SBR_{base}" if self.wrapped else base
+        return _wrapped_name(base) if self.wrapped else base
 
 
 VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant("base", False, "without LLM (stock base)"),
     Variant("llm4sbr", True, "LLM4SBR (intent backend as configured)"),
     Variant("text", True, "LLM-free text intents", {"intent_backend": "text"}),
+    Variant("arch", True, "architecture only (one constant intent)", {"intent_control": "constant"}),
+    Variant("shuffled", True, "shuffled intents (a fixed permutation of the table rows)",
+            {"intent_control": "shuffled"}),
     Variant("no_au", True, "without alignment-uniformity", {"au_weight": 0.0}),
     Variant("no_long", True, "without the long-term view", {"llm4sbr_views": ["short"]}),
     Variant("no_short", True, "without the short-term view", {"llm4sbr_views": ["long"]}),
@@ -74,8 +92,8 @@ def parse_bases(text) -> List[str]:
     out: List[str] = []
     for name in names:
         name = name.strip()
-        if name.startswith("LLM4SBR_"):
-            raise ValueError(f"--base_models: give the stock base ('{name[8:]}'), not '{name}'; "
+        if _base_of(name) != name:
+            raise ValueError(f"--base_models: give the stock base ('{_base_of(name)}'), not '{name}'; "
                              "the benchmark trains both sides itself.")
         if name and name not in out:
             out.append(name)
@@ -89,6 +107,3 @@ def variant_config(variant: str, user_overrides: Dict[str, object]) -> Dict[str,
     out.update(VARIANTS[variant].overrides)
     return out
 
-
-def wrapped_variants(names: Sequence[str]) -> List[str]:
-    return [n for n in names if VARIANTS[n].wrapped]

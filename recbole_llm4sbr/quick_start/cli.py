@@ -1,39 +1,80 @@
-"""``python run_recbole_llm4sbr.py --model=LLM4SBR_SRGNN [--dataset=...] [--config_files=...] [--key=value ...]``.
+"""``python run_recbole_llm4sbr.py --model=LLM4SBR_SRGNN [--dataset=...] [--config_files=...] [--key=value ...]``
 
-As RecBole's ``run_recbole.py``: any other ``--key=value`` overrides a config key. Bad input ends
-with one clear line (exit 2), not a traceback.
+As RecBole's ``run_recbole.py``: any other ``--key=value`` overrides a config key. Also:
+
+  --eval_only --checkpoint=saved/X.pth   test a saved checkpoint, no training (model and dataset
+                                         default to the checkpoint's; pass the settings it was trained with)
+  --resume=saved/X.pth                   continue training from a checkpoint (RecBole's resume_checkpoint)
+  --benchmark ...                        stock vs LLM4SBR over bases, variants and seeds
+                                         (``run_recbole_llm4sbr.py --benchmark --help``)
+  --debug                                a traceback instead of the one-line error
+
+Hyper-parameter search: ``python -m recbole_llm4sbr.quick_start.hyper --help``. Bad input ends with one
+clear line (exit 2), not a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Dict, List, Optional, Sequence
+
+from recbole_llm4sbr.errors import ConfigError, run_command
+
+
+def split_overrides(rest: Sequence[str]) -> Dict[str, str]:
+    """``--key=value`` arguments (RecBole's syntax; values still strings, RecBole converts them)."""
+    out: Dict[str, str] = {}
+    for arg in rest:
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            out[key] = value
+        else:
+            raise ConfigError(f"unexpected argument '{arg}'. Fix: config overrides are written --key=value")
+    return out
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(prog="run_recbole_llm4sbr.py", description=__doc__)
-    parser.add_argument("--model", "-m", default="LLM4SBR_SRGNN", help="LLM4SBR_<Base> or a stock RecBole model")
-    parser.add_argument("--dataset", "-d", default="ml-100k-session", help="session dataset name (folder under data_path)")
+    parser = argparse.ArgumentParser(prog="run_recbole_llm4sbr.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", "-m", default=None,
+                        help="LLM4SBR_<Base> or a stock RecBole model (default LLM4SBR_SRGNN, or the checkpoint's)")
+    parser.add_argument("--dataset", "-d", default=None,
+                        help="session dataset name, a folder under data_path (default ml-100k-session, or the checkpoint's)")
     parser.add_argument("--config_files", default=None, help="space or comma separated yaml files")
+    parser.add_argument("--eval_only", action="store_true", help="test --checkpoint; train nothing")
+    parser.add_argument("--checkpoint", default=None, help="the .pth file --eval_only tests")
+    parser.add_argument("--resume", default=None, help="a .pth file to continue training from")
+    parser.add_argument("--benchmark", action="store_true",
+                        help="stock vs LLM4SBR cells over bases and seeds (see --benchmark --help)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_known_args(argv)
 
 
-def main(argv=None):
-    if "--benchmark" in (sys.argv[1:] if argv is None else argv):  # stock vs LLM4SBR over bases and seeds
+def _main(argv: List[str]) -> int:
+    args, rest = parse(argv)
+    overrides = split_overrides(rest)
+    files = args.config_files.replace(",", " ").split() if args.config_files else None
+    from recbole_llm4sbr.quick_start.quick_start import DEFAULT_DATASET, read_checkpoint, run_recbole_llm4sbr
+
+    model, dataset = args.model, args.dataset
+    source = args.checkpoint or args.resume
+    if source and dataset is None and "dataset" not in overrides:
+        dataset = str(read_checkpoint(source)["config"]["dataset"])
+    if not source and model is None:
+        model = "LLM4SBR_SRGNN"
+    run_recbole_llm4sbr(model=model, dataset=dataset or DEFAULT_DATASET, config_file_list=files,
+                        config_dict=overrides or None, read_cmd_line=False, eval_only=args.eval_only,
+                        checkpoint=args.checkpoint, resume=args.resume)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--benchmark" in argv:  # stock vs LLM4SBR over bases and seeds
         from recbole_llm4sbr.benchmark.cli import main as benchmark_main
 
         return benchmark_main(argv)
-    args, _ = parse(argv)
-    files = args.config_files.replace(",", " ").split() if args.config_files else None
-    from recbole_llm4sbr.quick_start import run_recbole_llm4sbr
-
-    try:
-        run_recbole_llm4sbr(model=args.model, dataset=args.dataset, config_file_list=files)
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
-        if "--debug" in sys.argv:
-            raise
-        print(f"error: {err}\n(rerun with --debug for the traceback)", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(_main, argv)
 
 
 if __name__ == "__main__":

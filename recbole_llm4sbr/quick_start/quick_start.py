@@ -3,23 +3,34 @@
 Same flow and return value as ``recbole.quick_start.run_recbole`` (which is never imported: its ray
 breaks on today's stack), plus the data preparation the plugin owns: the default dataset is
 converted on first use and, for LLM4SBR models, stage 1 runs when its table is missing or stale.
+Beyond RecBole: ``eval_only`` + ``checkpoint`` tests a saved checkpoint without training, ``resume``
+continues training from one (``Trainer.resume_checkpoint``), and ``capture_run()`` hands a caller
+the objects one run built (the benchmark measures cost through it; nothing is patched).
 """
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import os
 import sys
 import time
+from contextlib import contextmanager
 from logging import getLogger
+from typing import Iterator, Optional
 
 import torch
 from recbole.data import data_preparation
-from recbole.utils import get_trainer, init_logger, init_seed, set_color
+from recbole.evaluator import Collector
+from recbole.utils import calculate_valid_score, get_trainer, init_logger, init_seed, set_color
 
 from recbole_llm4sbr.config import Config
 from recbole_llm4sbr.data.dataset import LLM4SBRDataset
+from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.utils import get_model
 
 DEFAULT_DATASET = "ml-100k-session"
+#: RecBole metrics whose per-sample values ``PluginTrainer.per_sample_outcomes`` reports
+PER_SAMPLE_METRICS = ("recall", "mrr", "ndcg")
 
 
 def prepare_dataset(config, logger) -> None:
@@ -31,38 +42,168 @@ def prepare_dataset(config, logger) -> None:
     ensure_default_dataset(os.path.dirname(os.path.normpath(config["data_path"])))
 
 
-def plugin_trainer(trainer_class):
-    """The model's RecBole trainer with two additions, for stock and LLM4SBR models alike.
+class RecordingCollector(Collector):
+    """RecBole's Collector that also keeps, per evaluation, what a paired test over samples needs.
 
-    * ``epoch_times``: seconds of each training epoch (efficiency tables, closing notes);
+    ``get_data_struct`` deep-copies its struct and then deletes ``rec.topk``; this keeps the copy's
+    ``rec.topk`` (hit flags of the top max(topk) items + the target count, one row per sample) and the
+    samples' session and target ids in evaluation order."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._rows: list = []
+        self.last_topk = None
+        self.last_rows = None
+
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        uid = self.config["USER_ID_FIELD"]
+        sessions = interaction[uid].cpu() if uid in interaction else None
+        self._rows.append((sessions, positive_u.cpu(), positive_i.cpu()))
+
+    def get_data_struct(self):
+        struct = super().get_data_struct()
+        self.last_topk = struct.get("rec.topk") if "rec.topk" in struct else None
+        self.last_rows, self._rows = self._rows, []
+        return struct
+
+
+def plugin_trainer(trainer_class):
+    """The model's RecBole trainer with the plugin's additions, for stock and LLM4SBR models alike.
+
     * the paper's step decay (``lr_step_size`` epochs, factor ``lr_gamma``; SR-GNN's own schedule),
-      which RecBole 1.2.1 has no setting for. ``lr_step_size: 0`` turns it off.
+      which RecBole 1.2.1 has no setting for: epoch ``e`` trains with ``learning_rate * lr_gamma **
+      (e // lr_step_size)``, set from the epoch index (so ``resume`` continues the schedule, and no
+      torch scheduler warns about its call order). ``lr_step_size: 0`` keeps the optimizer's lr;
+    * what a benchmark measures, recorded by the trainer itself: ``epoch_times`` and ``epoch_lrs``
+      (per training epoch), ``fit_time_s``, ``saves`` (``(epoch, seconds since fit start)`` of every
+      checkpoint written, so the last one is the kept best epoch);
+    * ``per_sample_outcomes()``: the last evaluation's per-sample Recall/MRR/NDCG@K (a paired
+      bootstrap over test samples), from RecBole's own metric classes.
     """
 
     class PluginTrainer(trainer_class):
-        def _train_epoch(self, *args, **kwargs):
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            self.eval_collector = RecordingCollector(config)
+            self.epoch_times, self.epoch_lrs, self.saves = [], [], []
+            self.fit_start, self.fit_time_s = None, None
+
+        def fit(self, *args, **kwargs):
+            self.fit_start, self.saves = time.perf_counter(), []
+            try:
+                return super().fit(*args, **kwargs)
+            finally:
+                self.fit_time_s = time.perf_counter() - self.fit_start
+
+        def _save_checkpoint(self, epoch, *args, **kwargs):
+            out = super()._save_checkpoint(epoch, *args, **kwargs)
+            since = time.perf_counter() - self.fit_start if self.fit_start is not None else None
+            self.saves.append((epoch, since))
+            return out
+
+        def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+            self.epoch_lrs.append(self._set_epoch_lr(epoch_idx))
             start = time.perf_counter()
             try:
-                return super()._train_epoch(*args, **kwargs)
+                return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
             finally:
-                self.epoch_times = getattr(self, "epoch_times", []) + [time.perf_counter() - start]
-                self._step_lr()
+                self.epoch_times.append(time.perf_counter() - start)
 
-        def _step_lr(self):
+        def _set_epoch_lr(self, epoch_idx: int) -> float:
             step = int(self.config["lr_step_size"] or 0)
-            if step <= 0:
-                return
-            if getattr(self, "lr_scheduler", None) is None:
+            if step > 0:
                 gamma = float(self.config["lr_gamma"] if self.config["lr_gamma"] is not None else 0.1)
-                self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step, gamma)
-            self.lr_scheduler.step()
+                lr = float(self.learning_rate) * gamma ** (int(epoch_idx) // step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+            return float(self.optimizer.param_groups[0]["lr"])
+
+        def per_sample_outcomes(self, eval_data=None) -> Optional[dict]:
+            """Per-sample outcomes of the last ``evaluate``: ``{"order_sha1", "n", "recall@K": [0/1],
+            "mrr@K": [1/rank or 0], "ndcg@K": [...]}`` for every K of ``topk``. Their means are RecBole's
+            metric values (before its rounding). ``order_sha1`` (sha1 over "session target" tokens
+            in evaluation order) lets two cells' lists be checked to pair sample by sample."""
+            collector = self.eval_collector
+            if collector.last_topk is None:
+                return None
+            metrics = self.evaluator.metric_class
+            struct = {"rec.topk": collector.last_topk}
+            ks = [int(k) for k in self.config["topk"]]
+            out: dict = {"order_sha1": self._order_sha1(eval_data), "n": int(collector.last_topk.shape[0])}
+            for name in PER_SAMPLE_METRICS:
+                if name not in metrics:
+                    from recbole.evaluator.metrics import metrics_dict
+
+                    metric = metrics_dict[name](self.config)
+                else:
+                    metric = metrics[name]
+                pos_index, pos_len = metric.used_info(struct)
+                # each metric's own per-row computation (MRR's takes no pos_len)
+                values = (metric.metric_info(pos_index) if name == "mrr"
+                          else metric.metric_info(pos_index, pos_len))
+                for k in ks:
+                    column = values[:, k - 1]
+                    out[f"{name}@{k}"] = ([int(v) for v in column] if name == "recall" and
+                                          (pos_len == 1).all() else [round(float(v), 6) for v in column])
+            return out
+
+        def _order_sha1(self, eval_data=None) -> str:
+            rows = self.eval_collector.last_rows or []
+            dataset = getattr(eval_data, "_dataset", None)
+            uid, iid = self.config["USER_ID_FIELD"], self.config["ITEM_ID_FIELD"]
+            parts = []
+            for sessions, positive_u, positive_i in rows:
+                targets = positive_i.tolist()
+                owners = sessions[positive_u].tolist() if sessions is not None else [""] * len(targets)
+                if dataset is not None:
+                    targets = list(dataset.id2token(iid, targets))
+                    if sessions is not None:
+                        owners = list(dataset.id2token(uid, owners))
+                parts += [f"{s} {t}" for s, t in zip(owners, targets)]
+            return hashlib.sha1("\n".join(map(str, parts)).encode()).hexdigest()
 
     PluginTrainer.__name__ = trainer_class.__name__
     return PluginTrainer
 
 
+class RunCapture:
+    """What one run built (``None`` until built): ``dataset``, ``train_data``, ``valid_data``,
+    ``test_data``, ``model``, ``trainer``."""
+
+    dataset = train_data = valid_data = test_data = model = trainer = config = None
+
+    def _set(self, config, dataset, train_data, valid_data, test_data, model, trainer):
+        self.config, self.dataset, self.model, self.trainer = config, dataset, model, trainer
+        self.train_data, self.valid_data, self.test_data = train_data, valid_data, test_data
+
+    def clear(self) -> None:
+        self._set(None, None, None, None, None, None, None)
+
+
+_CAPTURES: contextvars.ContextVar = contextvars.ContextVar("llm4sbr_run_captures", default=())
+
+
+@contextmanager
+def capture_run() -> Iterator[RunCapture]:
+    """Hook: every ``build`` inside the block (so every ``run_recbole_llm4sbr``) records its objects in
+    the yielded ``RunCapture`` (the last build wins)::
+
+        with capture_run() as run:
+            result = run_recbole_llm4sbr("GRU4Rec", "tiny", config_dict={...})
+        run.trainer.saves, run.trainer.fit_time_s, run.test_data
+    """
+    capture = RunCapture()
+    token = _CAPTURES.set(_CAPTURES.get() + (capture,))
+    try:
+        yield capture
+    finally:
+        _CAPTURES.reset(token)
+
+
 def build(config):
-    """Dataset, dataloaders, model and trainer for ``config``, as RecBole's quick start makes them."""
+    """Dataset, dataloaders, model and trainer for ``config``, as RecBole's quick start makes them:
+    ``dataset, (train_data, valid_data, test_data), model, trainer``."""
     logger = getLogger()
     prepare_dataset(config, logger)
     dataset = LLM4SBRDataset(config)
@@ -72,6 +213,8 @@ def build(config):
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
     trainer = plugin_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+    for capture in _CAPTURES.get():
+        capture._set(config, dataset, train_data, valid_data, test_data, model, trainer)
     return dataset, (train_data, valid_data, test_data), model, trainer
 
 
@@ -85,33 +228,108 @@ def make_config(model=None, dataset=None, config_file_list=None, config_dict=Non
     return config
 
 
+def read_checkpoint(path) -> dict:
+    """A checkpoint RecBole's trainer wrote (``saved/<model>-<time>.pth``), with a clear error if not."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found. Fix: pass a .pth file the trainer saved "
+                                "(saved/<model>-<time>.pth, or the path the log printed after 'Saving current')")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ConfigError(f"{path} is not a readable RecBole checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or "state_dict" not in state or "config" not in state:
+        raise ConfigError(f"{path} is not a RecBole checkpoint (no state_dict/config in it)")
+    return state
+
+
+def checkpoint_model(path) -> str:
+    """The model name a checkpoint was trained as (``--eval_only``/``--resume`` default to it)."""
+    return str(read_checkpoint(path)["config"]["model"])
+
+
+def _load_or_explain(load, path, config):
+    """Run ``load()`` (a ``load_state_dict``); a shape mismatch becomes a one-line fix."""
+    try:
+        return load()
+    except RuntimeError as err:
+        if "state_dict" not in str(err) and "size mismatch" not in str(err):
+            raise
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"checkpoint {path} does not fit {config['model']} with these settings ({first}). "
+                          "Fix: pass the model, dataset and --key=value settings it was trained with") from None
+
+
 def run_recbole_llm4sbr(model=None, dataset=None, config_file_list=None, config_dict=None,
-                        saved=True, read_cmd_line=True):
+                        saved=True, read_cmd_line=True, eval_only=False, checkpoint=None, resume=None):
     """Train with validation-based model selection, then test; returns RecBole's result dict.
 
     Keys as in RecBole (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
-    ``test_result``) plus ``epoch_times`` (seconds per training epoch), ``model_file`` and ``config``.
+    ``test_result``) plus ``model`` (as in RecBole's ``objective_function``), ``epoch_times``
+    (seconds per training epoch), ``model_file``, ``per_sample`` (the final test evaluation's
+    per-sample outcomes, ``PluginTrainer.per_sample_outcomes``) and ``config``.
+
+    ``eval_only=True, checkpoint=path``: no training; the checkpoint's weights are tested (and
+    validated: ``best_valid_result`` is its validation result). ``resume=path``: RecBole's
+    ``resume_checkpoint`` (weights, optimizer, epoch, early-stopping state), then training continues
+    up to ``epochs`` and overwrites that file with each new best epoch. ``model`` defaults to the
+    checkpoint's model.
     """
+    if eval_only and not checkpoint:
+        raise ConfigError("eval_only needs a checkpoint. Fix: --eval_only --checkpoint=saved/<model>-<time>.pth")
+    if checkpoint and not eval_only:
+        raise ConfigError("--checkpoint is the file --eval_only tests. Fix: add --eval_only, or continue "
+                          "training from it with --resume=<file>")
+    if eval_only and resume:
+        raise ConfigError("--eval_only and --resume exclude each other: test a checkpoint, or train on from it")
+    source = checkpoint or resume
+    if source:
+        trained_as = checkpoint_model(source)
+        if model is None:
+            model = trained_as
+        elif str(model) != trained_as:
+            raise ConfigError(f"checkpoint {source} holds a {trained_as} model, not {model}. "
+                              f"Fix: --model={trained_as} (or leave --model out)")
     config = make_config(model, dataset, config_file_list, config_dict, read_cmd_line)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
-    _, (train_data, valid_data, test_data), model, trainer = build(config)
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"])
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    _, (train_data, valid_data, test_data), net, trainer = build(config)
+    progress = config["show_progress"]
+    if eval_only:
+        state = read_checkpoint(checkpoint)
+        _load_or_explain(lambda: net.load_state_dict(state["state_dict"]), checkpoint, config)
+        net.load_other_parameter(state.get("other_parameter"))
+        logger.info(set_color("eval only", "yellow") + f": {checkpoint} (epoch {state.get('epoch')})")
+        best_valid_result = trainer.evaluate(valid_data, load_best_model=False, show_progress=progress)
+        best_valid_score = calculate_valid_score(best_valid_result, trainer.valid_metric)
+        test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=progress)
+        model_file = str(checkpoint)
+    else:
+        if resume:
+            _load_or_explain(lambda: trainer.resume_checkpoint(resume), resume, config)
+            if trainer.start_epoch >= trainer.epochs:
+                raise ConfigError(f"{resume} already holds epoch {trainer.start_epoch - 1} and epochs is "
+                                  f"{trainer.epochs}: nothing left to train. Fix: --epochs=<more than "
+                                  f"{trainer.start_epoch}>")
+        best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=progress)
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=progress)
+        model_file = trainer.saved_model_file if saved else None
+    per_sample = trainer.per_sample_outcomes(test_data)
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    epoch_times = getattr(trainer, "epoch_times", [])
+    epoch_times = list(trainer.epoch_times)
     if epoch_times:
         logger.info(set_color("epoch time", "yellow") + f": {sum(epoch_times) / len(epoch_times):.2f} s "
                     f"(mean of {len(epoch_times)} training epochs)")
     return {
+        "model": config["model"],
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "epoch_times": epoch_times,
-        "model_file": trainer.saved_model_file if saved else None,
+        "model_file": model_file,
+        "per_sample": per_sample,
         "config": config,
     }
