@@ -10,7 +10,9 @@ numpy 2 (``np.bool8``). The plugin's own ``quick_start`` replaces it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 _APPLIED = False
 
@@ -29,16 +31,37 @@ def numpy_aliases() -> None:
             setattr(np, alias, getattr(np, target))
 
 
-def torch_full_checkpoint_load() -> None:
-    """torch >= 2.6 loads with ``weights_only=True`` by default.
+@contextlib.contextmanager
+def full_checkpoint_load():
+    """Around RecBole's own ``torch.load`` calls only: torch >= 2.6 loads with ``weights_only=True``.
 
     RecBole's checkpoints pickle its Config (protocol 4), so the best-epoch reload in
-    ``Trainer.evaluate(load_best_model=True)`` fails with "Weights only load failed ... Unsupported
-    operand 149" and no test result is printed. ``add_safe_globals`` cannot help; the env switch is
-    read by torch at every ``torch.load`` call that does not pass ``weights_only`` itself. Checkpoints
-    are the user's own files written by the same code.
+    ``Trainer.evaluate(load_best_model=True)`` (and ``Trainer.resume_checkpoint``) fails with "Weights
+    only load failed ... Unsupported operand 149" and no test result is printed. ``add_safe_globals``
+    cannot help, and RecBole passes no ``weights_only``; torch reads this switch at every such call.
+    The plugin's trainer (``quick_start.plugin_trainer``) wraps exactly those two calls, so the rest of
+    the process keeps torch's safe default. Checkpoints are the user's own files written by RecBole.
     """
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=f".*{key}.*", category=UserWarning)
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def quiet_known_warnings() -> None:
+    """Every run printed ~8 FutureWarning blocks before anything useful: pandas deprecations hit by
+    RecBole's dataset code (chained ``fillna(inplace=True)``, ``Series.agg(len)``; harmless with
+    pandas < 3, which ``pandas_below_3`` enforces) and torch's ``torch.cuda.amp.GradScaler`` in
+    RecBole's trainer. Ignored only where RecBole's own modules trigger them, never globally."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole(\.|$)")
 
 
 def pandas_below_3() -> None:
@@ -66,5 +89,5 @@ def apply() -> None:
         return
     pandas_below_3()
     numpy_aliases()
-    torch_full_checkpoint_load()
+    quiet_known_warnings()
     _APPLIED = True

@@ -95,7 +95,7 @@ def test_wrapped_base_trains_scores_and_reloads(tiny, base):
 
     # the checkpoint reloads into a fresh model (torch >= 2.6: recbole_llm4sbr.compat) with equal scores
     fresh = llm4sbr_class(base)(config, train._dataset)
-    checkpoint = torch.load(trainer.saved_model_file, map_location="cpu")
+    checkpoint = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
     fresh.load_state_dict(checkpoint["state_dict"])
     fresh.load_other_parameter(checkpoint.get("other_parameter"))
     fresh.eval()

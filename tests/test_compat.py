@@ -39,16 +39,31 @@ def _train_and_reload(tmp_path):
                      "checkpoint_dir": str(tmp_path / "saved"), "state": "WARNING"})
 
 
-def test_torch_full_checkpoint_load_lets_best_epoch_reload(monkeypatch, tmp_path):
+def test_full_checkpoint_load_only_around_recbole_loads(monkeypatch, tmp_path):
+    import contextlib
+
     import torch
 
+    import recbole_llm4sbr.quick_start.quick_start as qs
+
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6):
-        with pytest.raises(Exception, match="[Ww]eights only load failed"):
-            _train_and_reload(tmp_path)
-    compat.torch_full_checkpoint_load()
-    result = _train_and_reload(tmp_path)
+    result = _train_and_reload(tmp_path / "with")  # the plugin trainer's best-epoch reload
     assert "recall@20" in result["test_result"]
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ  # the process keeps torch's safe default
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6):
+        monkeypatch.setattr(qs, "full_checkpoint_load", contextlib.nullcontext)
+        with pytest.raises(Exception, match="[Ww]eights only load failed"):
+            _train_and_reload(tmp_path / "without")
+
+
+def test_known_recbole_warnings_are_quiet_but_only_from_recbole(tmp_path):
+    code = ("import warnings, recbole_llm4sbr, recbole.data.dataset.dataset as d; "
+            "warnings.warn_explicit('x', FutureWarning, 'dataset.py', 1, module=d.__name__); "
+            "warnings.warn('mine', FutureWarning)")
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert "mine" in out.stderr and "dataset.py:1" not in out.stderr
 
 
 def test_pandas_guard_names_the_fix(monkeypatch):

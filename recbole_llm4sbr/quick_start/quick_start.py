@@ -23,6 +23,7 @@ from recbole.data import data_preparation
 from recbole.evaluator import Collector
 from recbole.utils import calculate_valid_score, get_trainer, init_logger, init_seed, set_color
 
+from recbole_llm4sbr.compat import full_checkpoint_load
 from recbole_llm4sbr.config import Config
 from recbole_llm4sbr.data.dataset import LLM4SBRDataset
 from recbole_llm4sbr.errors import ConfigError
@@ -78,6 +79,9 @@ def plugin_trainer(trainer_class):
     * what a benchmark measures, recorded by the trainer itself: ``epoch_times`` and ``epoch_lrs``
       (per training epoch), ``fit_time_s``, ``saves`` (``(epoch, seconds since fit start)`` of every
       checkpoint written, so the last one is the kept best epoch);
+    * RecBole's own checkpoint loads (``evaluate(load_best_model=True)``, ``resume_checkpoint``) run
+      under ``compat.full_checkpoint_load`` (torch >= 2.6's weights-only default refuses RecBole's
+      pickled Config), and nowhere else;
     * ``per_sample_outcomes()``: the last evaluation's per-sample Recall/MRR/NDCG@K (a paired
       bootstrap over test samples), from RecBole's own metric classes.
     """
@@ -101,6 +105,14 @@ def plugin_trainer(trainer_class):
             since = time.perf_counter() - self.fit_start if self.fit_start is not None else None
             self.saves.append((epoch, since))
             return out
+
+        def evaluate(self, *args, **kwargs):
+            with full_checkpoint_load():  # the best-epoch reload is a RecBole torch.load
+                return super().evaluate(*args, **kwargs)
+
+        def resume_checkpoint(self, *args, **kwargs):
+            with full_checkpoint_load():
+                return super().resume_checkpoint(*args, **kwargs)
 
         def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
             self.epoch_lrs.append(self._set_epoch_lr(epoch_idx))
