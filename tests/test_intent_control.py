@@ -54,6 +54,9 @@ def test_constant_intents_make_the_scores_independent_of_the_session(tiny):
     assert torch.allclose(const.intent_constant, expected)
     assert torch.allclose(const.intent_vectors[1:], expected.expand_as(const.intent_vectors[1:]))
     assert torch.equal(const.intent_vectors[0], real.intent_vectors[0])
+    const.train()  # one vector for every sample: alignment-uniformity still has finite gradients
+    sum(const.calculate_loss(batch)).backward()
+    assert all(torch.isfinite(p.grad).all() for p in const.parameters() if p.grad is not None)
     # intent vectors given directly (an unseen prefix) are replaced too
     given = torch.randn(len(batch), len(const.views), const.projection.in_features)
     with torch.no_grad():
