@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
+from importlib.abc import MetaPathFinder
+from importlib.machinery import PathFinder
 
 _APPLIED = False
 
@@ -82,6 +85,69 @@ def pandas_below_3() -> None:
         )
 
 
+class _AfterImport(MetaPathFinder):
+    """Runs ``patch(module)`` right after ``name`` is first imported, so a shim for a RecBole model
+    module does not make ``import recbole_llm4sbr`` import torch and every RecBole model."""
+
+    def __init__(self, name, patch):
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once
+        spec = PathFinder.find_spec(fullname, path, target)
+        if spec is None or spec.loader is None:
+            return spec
+        run, patch = spec.loader.exec_module, self.patch
+
+        def exec_module(module):
+            run(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def after_import(name: str, patch) -> None:
+    """``patch(module)`` now if ``name`` is already imported, else right after its first import."""
+    if name in sys.modules:
+        patch(sys.modules[name])
+    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, patch))
+
+
+def _bert4rec_guard(module) -> None:
+    cls = module.BERT4Rec
+    if getattr(cls.calculate_loss, "_llm4sbr_empty_mask_guard", False):
+        return
+    cloze = cls.calculate_loss
+
+    def calculate_loss(self, interaction):
+        if not bool((interaction[self.MASK_INDEX] > 0).any()):
+            return self.output_bias.sum() * 0.0  # nothing to predict: zero loss, zero gradient
+        return cloze(self, interaction)
+
+    calculate_loss._llm4sbr_empty_mask_guard = True
+    calculate_loss.__wrapped__ = cloze
+    calculate_loss.__doc__ = cloze.__doc__
+    cls.calculate_loss = calculate_loss
+
+
+def bert4rec_empty_mask_loss() -> None:
+    """BERT4Rec's cloze loss is 0/0 = NaN on a batch with no masked position it counts.
+
+    ``calculate_loss`` divides by ``sum(masked_index > 0)``. The mask transform masks each item with
+    probability ``mask_ratio``, so a short prefix may get no mask at all (and a mask at position 0
+    is not counted either). On ``ml-100k-session`` at seed 2020 the last training batch (5,201 =
+    52 x 100 + 1 samples) is one length-1 prefix left unmasked: the Trainer stops at epoch 0 with
+    "Training loss is nan", stock and ``LLM4SBR_BERT4Rec`` alike. Patched: such a batch's cloze loss
+    is 0 with a zero gradient; every other batch's loss is unchanged. Applied when
+    ``recbole.model.sequential_recommender.bert4rec`` is first imported.
+    """
+    after_import("recbole.model.sequential_recommender.bert4rec", _bert4rec_guard)
+
+
 def apply() -> None:
     """Apply every shim (idempotent)."""
     global _APPLIED
@@ -90,4 +156,5 @@ def apply() -> None:
     pandas_below_3()
     numpy_aliases()
     quiet_known_warnings()
+    bert4rec_empty_mask_loss()
     _APPLIED = True

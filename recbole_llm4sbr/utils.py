@@ -1,22 +1,14 @@
-"""Model lookup for the plugin: ``LLM4SBR_<Base>`` classes first, stock RecBole names fall through."""
+"""Model lookup for the plugin: ``LLM4SBR_<Base>`` classes first, stock RecBole names fall through.
+
+``PREFIX``, ``find_recbole_model`` and ``is_sequential`` are re-exported from ``model/bases.py``
+(where they live) for code that imported them from here.
+"""
 from __future__ import annotations
 
-import importlib
-import importlib.util
+from recbole_llm4sbr.model.bases import PREFIX, base_of, find_recbole_model, is_sequential, wrapped_name
+from recbole_llm4sbr.model.wrapper import llm4sbr_class
 
-from recbole.utils import ModelType
-
-PREFIX = "LLM4SBR_"
-
-
-def find_recbole_model(name: str):
-    """RecBole's own model class called ``name``, or None (no lightgbm/xgboost import on a miss)."""
-    for sub in ("sequential_recommender", "general_recommender", "context_aware_recommender",
-                "knowledge_aware_recommender"):
-        path = f"recbole.model.{sub}.{name.lower()}"
-        if importlib.util.find_spec(path) is not None:
-            return getattr(importlib.import_module(path), name, None)
-    return None
+__all__ = ["PREFIX", "base_of", "find_recbole_model", "get_model", "is_sequential", "wrapped_name"]
 
 
 def get_model(name):
@@ -26,18 +18,14 @@ def get_model(name):
     """
     if not isinstance(name, str):
         return name
-    if name.startswith(PREFIX):
-        from recbole_llm4sbr.model import llm4sbr_class
-
-        return llm4sbr_class(name[len(PREFIX):])
+    base = base_of(name)
+    if base is not None:
+        return llm4sbr_class(base)
     model = find_recbole_model(name)
     if model is None:
         raise ValueError(
-            f"Unknown model '{name}': it is neither a RecBole 1.2.1 model nor LLM4SBR_<Base>. "
-            "Fix: pass --model=<RecBole model name> (e.g. SRGNN) or --model=LLM4SBR_<Base> (e.g. LLM4SBR_SRGNN)."
+            f"Unknown model '{name}': it is neither a RecBole 1.2.1 model nor {wrapped_name('<Base>')}. "
+            f"Fix: pass --model=<RecBole model name> (e.g. SRGNN) or --model={wrapped_name('<Base>')} "
+            f"(e.g. {wrapped_name('SRGNN')})."
         )
     return model
-
-
-def is_sequential(model_class) -> bool:
-    return getattr(model_class, "type", None) == ModelType.SEQUENTIAL

@@ -4,6 +4,7 @@ One tiny session dataset (tests/tinydata.py) with synthetic intents, small layer
 """
 import inspect
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 
 import recbole.model.sequential_recommender as seqrec
 from recbole_llm4sbr.data import intents as intents_module
-from recbole_llm4sbr.model.registry import SUPPORTED, UNSUPPORTED, llm4sbr_class
+from recbole_llm4sbr.model.bases import BASES, SUPPORTED, UNSUPPORTED
+from recbole_llm4sbr.model.wrapper import llm4sbr_class
 from tinydata import synthetic_intents, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,3 +156,98 @@ def test_docs_list_every_base():
         assert f"| {base} |" in readme, base
     for base in UNSUPPORTED:
         assert f"| {base} |" in docs, base
+    # the per-base notes name the bases whose spec needs them
+    width_bound = re.search(r"\*\*Width-bound bases\*\* \(([^)]*)\)", docs).group(1).split(", ")
+    assert sorted(width_bound) == sorted(name for name, spec in BASES.items() if spec.width_bound)
+    for name, spec in BASES.items():
+        assert not spec.mixins or f"- **{name}**" in docs, f"docs/BASES.md has no note on {name}'s mixins"
+
+
+# -- one owner for a base: names, layout, checkpoints ----------------------------------------------
+def test_wrapped_name_helpers():
+    from recbole_llm4sbr.model.bases import PREFIX, base_of, is_wrapped, wrapped_name
+    from recbole_llm4sbr.utils import get_model
+
+    assert wrapped_name("SRGNN") == PREFIX + "SRGNN" and base_of(wrapped_name("SRGNN")) == "SRGNN"
+    assert base_of("SRGNN") is None and base_of(None) is None and not is_wrapped("GRU4Rec")
+    assert get_model(wrapped_name("GRU4Rec")) is llm4sbr_class("GRU4Rec")
+    assert get_model("GRU4Rec") is seqrec.GRU4Rec
+
+
+def import_graph(sources):
+    """module -> plugin modules it imports, at module level or inside functions; importing a
+    submodule from outside its package also runs the package's ``__init__``."""
+    import ast
+
+    graph = {}
+    for module, source in sources.items():
+        targets = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                for i in range(2, len(parts) + 1):
+                    prefix = ".".join(parts[:i])
+                    if prefix in sources and (i == len(parts) or not module.startswith(prefix + ".")):
+                        targets.add(prefix)
+        graph[module] = targets - {module}
+    return graph
+
+
+def find_cycle(graph):
+    done, path = set(), []
+
+    def visit(node):
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        cycle = visit(node)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_import_graph_finds_a_cycle_through_a_function_level_import():
+    sources = {"pkg.a": "import pkg.b\n", "pkg.b": "def f():\n    from pkg.a import g\n"}
+    assert find_cycle(import_graph(sources)) == ["pkg.a", "pkg.b", "pkg.a"]
+
+
+def test_model_package_and_utils_have_no_import_cycle():
+    package = ROOT / "recbole_llm4sbr"
+    files = {"recbole_llm4sbr.utils": package / "utils.py"}
+    for path in sorted((package / "model").glob("*.py")):
+        name = "recbole_llm4sbr.model" if path.stem == "__init__" else f"recbole_llm4sbr.model.{path.stem}"
+        files[name] = path
+    graph = import_graph({name: path.read_text(encoding="utf-8") for name, path in files.items()})
+    assert "recbole_llm4sbr.model.bases" in graph["recbole_llm4sbr.utils"]
+    assert find_cycle(graph) is None
+
+
+def test_checkpoint_classes_unpickle_in_a_fresh_process():
+    """A checkpoint's config names recbole_llm4sbr.model.wrapper.LLM4SBR_<Base>; a new process
+    (where no class has been made yet) finds it by that path."""
+    import pickle
+    import subprocess
+    import sys
+
+    data = pickle.dumps(llm4sbr_class("NARM"), protocol=4)
+    assert b"recbole_llm4sbr.model.wrapper" in data and b"LLM4SBR_NARM" in data
+    code = ("import pickle, sys; cls = pickle.loads(sys.stdin.buffer.read()); "
+            "assert cls.__name__ == 'LLM4SBR_NARM' and cls.base_spec.name == 'NARM', cls")
+    subprocess.run([sys.executable, "-c", code], input=data, check=True)

@@ -80,3 +80,37 @@ def test_plugin_never_imports_recbole_quick_start():
             "assert 'recbole.quick_start' not in sys.modules, 'recbole.quick_start was imported'; "
             "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+def test_bert4rec_batch_without_a_mask_trains_on_the_default_dataset(tmp_path):
+    """Seed 2020 on ml-100k-session: the last training batch is one unmasked length-1 prefix, and
+    RecBole's cloze loss is 0/0 there ("Training loss is nan" in epoch 0, stock and wrapped)."""
+    import torch
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    from recbole_llm4sbr.quick_start import build, make_config
+
+    config = make_config("BERT4Rec", "ml-100k-session", read_cmd_line=False, config_dict={
+        "data_path": str(tmp_path), "seed": 2020, "show_progress": False, "state": "WARNING",
+        "checkpoint_dir": str(tmp_path / "saved")})
+    _, (train, _, _), model, _ = build(config)
+    batches = list(train)  # the masks are drawn here, as in the trainer's first epoch
+    empty = [i for i, b in enumerate(batches) if not (b["MASK_INDEX"] > 0).any()]
+    assert empty == [len(batches) - 1] and len(batches[-1]) == 1
+    model.eval()  # no dropout: the two losses below are comparable
+    original = BERT4Rec.calculate_loss.__wrapped__
+    assert torch.isnan(original(model, batches[-1]))
+    loss = model.calculate_loss(batches[-1])
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    loss.backward()  # the trainer can step on it
+    assert torch.allclose(model.calculate_loss(batches[0]), original(model, batches[0]))
+
+
+def test_bert4rec_shim_waits_for_the_first_import():
+    """The shim does not make ``import recbole_llm4sbr`` import RecBole's models; it patches
+    BERT4Rec when that module is first imported."""
+    module = "recbole.model.sequential_recommender.bert4rec"
+    code = (f"import sys, recbole_llm4sbr; assert {module!r} not in sys.modules; "
+            "from recbole.model.sequential_recommender import BERT4Rec; "
+            "assert BERT4Rec.calculate_loss._llm4sbr_empty_mask_guard")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))

@@ -54,9 +54,8 @@ def test_predict_and_full_sort_predict_shapes(tiny):
         assert model.predict(batch).shape == (n,)
         assert model.full_sort_predict(batch).shape == (n, dataset.item_num)
         # the base's own scoring on the fused representation: one pass, one matmul
-        model._keys = batch["prefix_key"]
-        fused = model.forward(batch["item_id_list"], batch["item_length"])
-        model._keys = None
+        with model.call_state(batch):
+            fused = model.forward(batch["item_id_list"], batch["item_length"])
         assert fused.shape == (n, model.embedding_size)
         assert torch.allclose(model.full_sort_predict(batch), fused @ model.item_embedding.weight.t(), atol=1e-5)
 
@@ -98,3 +97,43 @@ def test_trains_end_to_end_with_recbole_trainer(tiny):
     assert set(result["test_result"]) >= {"recall@10", "recall@20", "mrr@10", "mrr@20", "ndcg@10", "ndcg@20"}
     assert len(result["epoch_times"]) == 2
     assert Path(result["model_file"]).is_file()
+
+
+def test_no_call_leaves_its_state_behind(tiny):
+    """The per-call state (keys, given vectors, loss terms) is cleared even when the call fails, so
+    a later forward cannot read an earlier batch's keys or vectors."""
+    tmp_path, _ = tiny
+    _, (train, _, _), model, _ = build_model(tmp_path)
+    model.eval()
+    batch = next(iter(train))
+    seq, lengths = batch["item_id_list"], batch["item_length"]
+    with torch.no_grad():
+        reference = model.full_sort_predict(batch)
+        wrong = torch.zeros(len(batch), len(model.views), model.projection.in_features + 1)
+        with pytest.raises(RuntimeError):  # the projection rejects the width, mid-call
+            model.full_sort_predict_with_intents(batch, wrong)
+        assert model._state is None
+        with pytest.raises(RuntimeError, match="needs the batch's 'prefix_key'"):
+            model.forward(seq, lengths)  # outside any call: no keys left over
+        assert torch.equal(model.full_sort_predict(batch), reference)  # not the failed call's vectors
+    model.train()
+    real = model._adapter
+
+    class Failing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def views(self, model, call):
+            raise ValueError("boom")
+
+    model._adapter = Failing()
+    with pytest.raises(ValueError, match="boom"):
+        model.calculate_loss(batch)
+    model._adapter = real
+    assert model._state is None
+    with pytest.raises(RuntimeError, match="needs the batch's 'prefix_key'"):
+        model.forward(seq, lengths)
+    # states nest: an inner call restores the outer one
+    with model.call_state(batch) as outer:
+        model.full_sort_predict(batch)
+        assert model._state is outer

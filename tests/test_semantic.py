@@ -68,9 +68,8 @@ def test_semantic_prediction_is_its_own_loss_term(tiny, semantic_at_inference):
     assert np.allclose(model.item_text_vectors[5].numpy(), table.item_vectors[row])
     # the term is weight * CE(P s, E_text) of the fused session vector s, by the direct formula
     model.eval()  # SR-GNN has no dropout: the same s as in training
-    model._keys = batch["prefix_key"]
-    s = model.forward(batch["item_id_list"], batch["item_length"])
-    model._keys = None
+    with model.call_state(batch):
+        s = model.forward(batch["item_id_list"], batch["item_length"])
     z = model.semantic_head(s).detach().numpy().astype(np.float64)
     e = model.item_text_vectors.numpy().astype(np.float64)
     logits = z @ e[1:].T

@@ -10,14 +10,15 @@ projection's output) and how wide the vector the base scores with is (``out_size
 output), and may post-process the fused vector (``finish``; CORE keeps it on the unit sphere).
 
 Two bases need more than views and get a small per-base mixin placed before ``LLM4SBRMixin`` in the
-MRO (``BASE_MIXINS``): BERT4Rec (masked-item training; see ``BERT4RecMixin``) and FEARec (its
-contrastive loss encodes other samples' prefixes; see ``FEARecMixin``). docs/BASES.md lists the
-pair chosen for each base (``GLOBAL``/``LOCAL`` below are the same words).
+MRO: BERT4Rec (masked-item training; see ``BERT4RecMixin``) and FEARec (its contrastive loss encodes
+other samples' prefixes; see ``FEARecMixin``). Which base uses which adapter and mixins is declared
+in ``bases.py``; README's "Base models" table lists the pair chosen for each base (``GLOBAL``/``LOCAL``
+below are the same words).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -229,8 +230,8 @@ class BERT4RecMixin:
       representation (CE over all items, or BPR against one uniform negative with ``loss_type:
       BPR``), scored as BERT4Rec's predict does (item embeddings + ``output_bias``); the sum is the
       base loss, the alignment-uniformity term the second.
-    * ``predict``/``full_sort_predict``: the base's scoring of the fused representation (without
-      prefix keys when ``semantic_at_inference`` is False).
+    * ``predict``/``full_sort_predict`` (``LLM4SBRMixin``'s, which run ``_base_predict`` and
+      ``_base_full_sort_predict`` below): the base's scoring of the fused representation.
     """
 
     def forward(self, item_seq, item_seq_len=None):
@@ -252,20 +253,14 @@ class BERT4RecMixin:
             next_item = nn.functional.cross_entropy(logits, pos_items)
         return cloze + next_item
 
-    def _bert_predict(self, interaction):
+    def _base_predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         test_item = interaction[self.ITEM_ID]
         return (seq_output * self.item_embedding(test_item)).sum(dim=1) + self.output_bias[test_item]
 
-    def _bert_full_sort_predict(self, interaction):
+    def _base_full_sort_predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return seq_output @ self.item_embedding.weight[: self.n_items].t() + self.output_bias
-
-    def predict(self, interaction):
-        return self._scoring(interaction, self._bert_predict)
-
-    def full_sort_predict(self, interaction):
-        return self._scoring(interaction, self._bert_full_sort_predict)
 
 
 class FEARecMixin:
@@ -275,7 +270,7 @@ class FEARecMixin:
 
     def _call_keys(self, call: Call) -> torch.Tensor:
         seq = call.item_seq
-        batch_seq = self._batch_seq
+        batch_seq = None if self._state is None else self._state.batch_seq
         if batch_seq is None or seq is batch_seq or (seq.shape == batch_seq.shape and torch.equal(seq, batch_seq)):
             return super()._call_keys(call)
         index = self._fearec_key_index()
@@ -297,31 +292,3 @@ class FEARecMixin:
             index = {row.tobytes(): key for row, key in zip(seqs, keys)}
             self._fearec_index = index
         return index
-
-
-#: base model name -> adapter; supported bases not listed use ``GenericViews``
-VIEW_ADAPTERS: Dict[str, GenericViews] = {
-    "SRGNN": SRGNNViews(),
-    "GCSAN": GCSANViews(),
-    "NARM": NARMViews(),
-    "STAMP": STAMPViews(),
-    "NextItNet": NextItNetViews(),
-    "CORE": COREViews(),
-    "BERT4Rec": BERT4RecViews(),
-}
-
-#: base model name -> mixin classes placed before LLM4SBRMixin
-BASE_MIXINS: Dict[str, tuple] = {
-    "BERT4Rec": (BERT4RecMixin,),
-    "FEARec": (FEARecMixin,),
-}
-
-_GENERIC = GenericViews()
-
-
-def view_adapter(base_name: str) -> GenericViews:
-    return VIEW_ADAPTERS.get(base_name, _GENERIC)
-
-
-def base_mixins(base_name: str) -> tuple:
-    return BASE_MIXINS.get(base_name, ())

@@ -1,14 +1,16 @@
 """``LLM4SBR_<Base>``: any supported RecBole sequential recommender with LLM4SBR's intent views.
 
-The class is made from the base by name (``llm4sbr_class("SRGNN")``): ``LLM4SBRMixin`` sits before
-the base in the MRO and overrides ``forward`` so that it returns the fused session representation
-(the width the base scores with). The base's own ``calculate_loss``/``predict``/``full_sort_predict``
+The class is made from the base by name (``llm4sbr_class("SRGNN")``, from the base's spec in
+``bases.py``): ``LLM4SBRMixin`` sits before the base in the MRO and overrides ``forward`` so that
+it returns the fused session representation (the width the base scores with). The base's own ``calculate_loss``/``predict``/``full_sort_predict``
 call ``self.forward(...)`` with their usual arguments (``(item_seq, item_seq_len)``, ``(item_seq)``,
 ``(user, item_seq)``, ...: read from the base's signature) and so run unchanged: CE or BPR, RecBole's
 Trainer and evaluator; prediction costs the fusion's small matmuls, not a second pass. The mixin
-hands the batch's prefix keys to ``forward`` around those calls and adds ``au_weight * (alignment +
-uniformity)`` to the loss as a second term (the Trainer sums and logs it). Per-base view adapters
-and the two per-base mixins (BERT4Rec, FEARec) live in ``views.py``.
+hands the batch's prefix keys to ``forward`` around those calls (``call_state``: set on the way in,
+cleared on the way out, whatever happens) and adds ``au_weight * (alignment + uniformity)`` to the
+loss as a second term (the Trainer sums and logs it). Per-base view adapters and the two per-base
+mixins (BERT4Rec, FEARec) live in ``views.py``; the attribution controls (``intent_control``,
+``intent_dropout``) in ``controls.py``.
 
 Two serving modes (``semantic_at_inference`` in properties/model/LLM4SBR.yaml):
 
@@ -29,31 +31,31 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Dict, Optional
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional
 
 import torch
 from torch import nn
 
 from recbole_llm4sbr.model.alignment import AlignUniformLoss
+from recbole_llm4sbr.model.bases import BaseSpec, base_of, resolve, wrapped_name
+from recbole_llm4sbr.model.controls import IntentControl, controlled_buffer, drop_intents
 from recbole_llm4sbr.model.fusion import GatedFusion
 from recbole_llm4sbr.model.semantic import semantic_prediction_loss
-from recbole_llm4sbr.model.views import Call, base_mixins, seq_len_of, view_adapter
-
-PREFIX = "LLM4SBR_"
+from recbole_llm4sbr.model.views import Call, seq_len_of
 
 #: names the bases give the arguments of their ``forward``
 SEQ_ARGS = ("item_seq", "seq_item")
 LEN_ARGS = ("item_seq_len", "seq_item_len")
 USER_ARGS = ("user",)
 
-#: bases whose layers are sized by MAX_ITEM_LIST_LENGTH and need item_id_list exactly that wide
-WIDTH_BOUND = ("Caser", "FEARec", "FOSSIL", "LightSANs", "SINE")
-
 
 def forward_roles(base_class) -> Dict[str, str]:
     """Argument name -> role (``seq``/``len``/``user``) of the base's ``forward``; ValueError when
     an argument is none of these (such a base scores something other than a session)."""
     params = list(inspect.signature(base_class.forward).parameters)[1:]  # drop self
+    name_of = wrapped_name(base_class.__name__)
     roles = {}
     for name in params:
         if name in SEQ_ARGS:
@@ -64,11 +66,25 @@ def forward_roles(base_class) -> Dict[str, str]:
             roles[name] = "user"
         else:
             raise ValueError(
-                f"{PREFIX}{base_class.__name__}: {base_class.__name__}.forward{tuple(params)} takes "
+                f"{name_of}: {base_class.__name__}.forward{tuple(params)} takes "
                 f"'{name}', which is not a session's items, lengths or user; it cannot be wrapped.")
     if "seq" not in roles.values():
-        raise ValueError(f"{PREFIX}{base_class.__name__}: {base_class.__name__}.forward takes no item sequence.")
+        raise ValueError(f"{name_of}: {base_class.__name__}.forward takes no item sequence.")
     return roles
+
+
+@dataclass
+class CallState:
+    """What one ``calculate_loss``/``predict``/``full_sort_predict`` call hands to the base's
+    ``forward`` passes it makes (the base calls ``self.forward`` with its own arguments only)."""
+
+    keys: Optional[torch.Tensor] = None  # the batch's prefix keys [B]
+    batch_seq: Optional[torch.Tensor] = None  # the batch's item_id_list (FEARec tells it from others)
+    vectors: Optional[torch.Tensor] = None  # intent vectors given directly [B, V, d_text]
+    losses: bool = False  # calculate_loss: the first pass also yields the auxiliary terms
+    passes: int = 0
+    au: Optional[torch.Tensor] = None  # alignment-uniformity of the first pass
+    sem: Optional[torch.Tensor] = None  # the first pass's fused vector (semantic prediction)
 
 
 class LLM4SBRMixin:
@@ -76,6 +92,7 @@ class LLM4SBRMixin:
 
     base_model_name: str = ""
     base_model_class: type = None
+    base_spec: BaseSpec = None
     forward_signature: inspect.Signature = None
     forward_roles: Dict[str, str] = {}
 
@@ -87,7 +104,8 @@ class LLM4SBRMixin:
         self.semantic_at_inference = as_flag(config["semantic_at_inference"], default=True)
         self.au_weight = float(config["au_weight"] or 0.0)
         self.semantic_pred_weight = float(config["semantic_pred_weight"] or 0.0)
-        vectors = getattr(dataset, "intent_vectors", None)
+        self.intent_control = IntentControl.from_config(config)
+        vectors, constant = getattr(dataset, "intent_vectors", None), None
         if vectors is not None or self.semantic_at_inference:
             table_views = list(getattr(dataset, "intent_views", []) or [])
             missing = [v for v in self.views if v not in table_views]
@@ -97,12 +115,14 @@ class LLM4SBRMixin:
                     "Fix: add them to intent_views (stage 1 reruns) or remove them from llm4sbr_views."
                 )
             vectors = vectors[:, [table_views.index(v) for v in self.views], :].float().contiguous()
+            vectors, constant = controlled_buffer(vectors, self.intent_control)
             d_text: Optional[int] = int(vectors.size(-1))
         else:  # LLM-free serving: no stage-1 artefact; the width comes from the checkpoint
             d_text = int(config["intent_d_text"]) if config["intent_d_text"] else None
         # Frozen and rebuilt from the dataset: kept out of checkpoints to keep them small.
         self.register_buffer("intent_vectors", vectors, persistent=False)
-        self._adapter = view_adapter(self.base_model_name)
+        self.register_buffer("intent_constant", constant, persistent=False)  # [V, d_text]
+        self._adapter = self.base_spec.adapter
         view_size, out_size = self._adapter.view_size(self), self._adapter.out_size(self)
         # T, Eq. 7 (absent only for an LLM-free model that never saw intents)
         self.projection = nn.Linear(d_text, view_size, bias=False) if d_text else None
@@ -111,11 +131,7 @@ class LLM4SBRMixin:
             self.fusion.out = nn.Linear(self.fusion.out.in_features, out_size, bias=False)
         self.au_loss = AlignUniformLoss()
         self._init_semantic_prediction(dataset, out_size, d_text)
-        self._keys = None
-        self._batch_seq = None
-        self._au = None
-        self._sem = None
-        self._vectors = None  # [B, V, d_text] given directly (serving an unseen prefix)
+        self._state: Optional[CallState] = None
 
     def _init_semantic_prediction(self, dataset, out_size: int, d_text: Optional[int]):
         """EIMF's semantic prediction head ``P`` (``d -> d_text``) and the catalogue's text embeddings
@@ -141,17 +157,43 @@ class LLM4SBRMixin:
         self.semantic_head = nn.Linear(out_size, d_text, bias=False)
 
     def _check_width(self, dataset):
-        if self.base_model_name not in WIDTH_BOUND:
+        if not self.base_spec.width_bound:
             return
         width = dataset.field2seqlen[self.ITEM_SEQ]
         if width != self.max_seq_length:
             raise ValueError(
-                f"{PREFIX}{self.base_model_name}: {self.base_model_name} sizes its layers by "
+                f"{type(self).__name__}: {self.base_model_name} sizes its layers by "
                 f"MAX_ITEM_LIST_LENGTH = {self.max_seq_length}, but the dataset's {self.ITEM_SEQ} is "
                 f"{width} wide (its longest prefix). Fix: --MAX_ITEM_LIST_LENGTH={width}.")
 
+    # -- per-call state -----------------------------------------------------------------------
+    @contextmanager
+    def call_state(self, interaction=None, vectors: Optional[torch.Tensor] = None,
+                   losses: bool = False) -> Iterator[CallState]:
+        """The state the ``forward`` passes inside the block read: the batch's prefix keys and
+        sequences (from ``interaction``, when given), intent vectors given directly, and the first
+        pass's auxiliary terms (``losses``). Cleared on the way out, exception or not, so no later
+        call can read an earlier batch's keys; an enclosing state is restored."""
+        state = CallState(vectors=vectors, losses=losses)
+        if interaction is not None:
+            state.keys = interaction[self.KEY_FIELD] if self.KEY_FIELD in interaction else None
+            state.batch_seq = interaction[self.ITEM_SEQ] if self.ITEM_SEQ in interaction else None
+        outer, self._state = self._state, state
+        try:
+            yield state
+        finally:
+            self._state = outer
+
+    def _require_keys(self, interaction):
+        if self.KEY_FIELD not in interaction:
+            raise KeyError(
+                f"The batch has no '{self.KEY_FIELD}' field. Fix: load data with LLM4SBRDataset "
+                "(run_recbole_llm4sbr does) so every sample carries its prefix key."
+            )
+
     # -- the representation ------------------------------------------------------------------
     def intents(self, keys: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The projected intents of prefix keys ``[B]`` (as ``intent_control`` made the buffer)."""
         return self.project_intents(self.intent_vectors[keys])
 
     def project_intents(self, vectors: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -160,13 +202,20 @@ class LLM4SBRMixin:
         return {view: projected[:, i] for i, view in enumerate(self.views)}
 
     def _call_intents(self, call: Call) -> Dict[str, torch.Tensor]:
-        if self._vectors is not None:
-            return self.project_intents(self._vectors.to(call.item_seq.device))
-        if self.intent_vectors is None:
+        given = None if self._state is None else self._state.vectors
+        if given is not None:
+            vectors = given.to(call.item_seq.device).float()
+            if self.intent_control.mode == "constant":
+                vectors = self.intent_constant.expand(vectors.size(0), -1, -1).to(vectors)
+        elif self.intent_vectors is None:
             raise RuntimeError(
                 f"{type(self).__name__} has no intent vectors (an LLM-free model loaded without its intent "
                 "table): alignment-uniformity needs them in training. Fix: train with load_intent: True.")
-        return self.intents(self._call_keys(call))
+        else:
+            vectors = self.intent_vectors[self._call_keys(call)]
+        if self.training:
+            vectors = drop_intents(vectors, self.intent_constant, self.intent_control.dropout)
+        return self.project_intents(vectors)
 
     def forward(self, *args, **kwargs):
         bound = self.forward_signature.bind(self, *args, **kwargs)
@@ -179,49 +228,47 @@ class LLM4SBRMixin:
 
     def _call_keys(self, call: Call) -> torch.Tensor:
         """The prefix keys of the sessions in ``call`` (the batch's, row for row)."""
-        if self._keys is None:
+        keys = None if self._state is None else self._state.keys
+        if keys is None:
             raise RuntimeError(
                 f"{type(self).__name__}.forward needs the batch's '{self.KEY_FIELD}'; call it through "
-                "calculate_loss/predict/full_sort_predict with an interaction that carries that field."
+                "calculate_loss/predict/full_sort_predict, or inside `with model.call_state(interaction)`, "
+                "with an interaction that carries that field."
             )
-        if self._keys.size(0) != call.item_seq.size(0):
+        if keys.size(0) != call.item_seq.size(0):
             raise RuntimeError(
                 f"{type(self).__name__}.forward got {call.item_seq.size(0)} sequences for a batch of "
-                f"{self._keys.size(0)} prefix keys.")
-        return self._keys
+                f"{keys.size(0)} prefix keys.")
+        return keys
 
     def _fused(self, call: Call) -> torch.Tensor:
         """The fused session vector. With ``semantic_at_inference: False`` the fusion never sees the
         intents (train and serve alike); they are read only for the alignment-uniformity loss, on the
-        batch's first pass in training."""
+        batch's first pass in ``calculate_loss``."""
         global_view, local_view = self._adapter.views(self, call)
         behaviour = {"global": global_view, "local": local_view}
         intents = self._call_intents(call) if self.semantic_at_inference else None
-        first_pass = self.training and self._au is None and self._sem is None
-        if first_pass and self.au_weight > 0:
+        state = self._state
+        first_loss_pass = state is not None and state.losses and state.passes == 0
+        if state is not None:
+            state.passes += 1
+        if first_loss_pass and self.au_weight > 0:
             aligned = intents if intents is not None else self._call_intents(call)
-            self._au = sum(self.au_loss(behaviour[self.fusion.pairing[v]], aligned[v]) for v in self.views)
+            state.au = sum(self.au_loss(behaviour[self.fusion.pairing[v]], aligned[v]) for v in self.views)
         fused = self._adapter.finish(self, self.fusion(behaviour, intents))
-        if first_pass and self.semantic_head is not None:
-            self._sem = fused
+        if first_loss_pass and self.semantic_head is not None:
+            state.sem = fused
         return fused
-
-    def _with_keys(self, interaction, method):
-        if self.KEY_FIELD not in interaction and self._vectors is None:
-            raise KeyError(
-                f"The batch has no '{self.KEY_FIELD}' field. Fix: load data with LLM4SBRDataset "
-                "(run_recbole_llm4sbr does) so every sample carries its prefix key."
-            )
-        self._keys = interaction[self.KEY_FIELD] if self.KEY_FIELD in interaction else None
-        self._batch_seq = interaction[self.ITEM_SEQ] if self.ITEM_SEQ in interaction else None
-        try:
-            return method(interaction)
-        finally:
-            self._keys = self._batch_seq = None
 
     # -- RecBole's model interface -------------------------------------------------------------
     def _base_loss(self, interaction):
         return self.base_model_class.calculate_loss(self, interaction)
+
+    def _base_predict(self, interaction):
+        return self.base_model_class.predict(self, interaction)
+
+    def _base_full_sort_predict(self, interaction):
+        return self.base_model_class.full_sort_predict(self, interaction)
 
     def _reads_intents_in_training(self) -> bool:
         return self.semantic_at_inference or self.au_weight > 0
@@ -235,44 +282,41 @@ class LLM4SBRMixin:
         return semantic_prediction_loss(self.semantic_head(session), self.item_text_vectors, targets)
 
     def calculate_loss(self, interaction):
-        self._au = self._sem = None
-        if self._reads_intents_in_training():
-            loss = self._with_keys(interaction, self._base_loss)
-        else:
+        reads = self._reads_intents_in_training()
+        if reads:
+            self._require_keys(interaction)
+        with self.call_state(interaction if reads else None, losses=True) as state:
             loss = self._base_loss(interaction)
-        au, sem = self._au, self._sem
-        self._au = self._sem = None
         terms = [loss]
-        if au is not None:
-            terms.append(self.au_weight * au)
-        if sem is not None:
+        if state.au is not None:
+            terms.append(self.au_weight * state.au)
+        if state.sem is not None:
             terms.append(self.semantic_pred_weight
-                         * self.semantic_prediction_loss(sem, interaction[self.POS_ITEM_ID]))
+                         * self.semantic_prediction_loss(state.sem, interaction[self.POS_ITEM_ID]))
         return terms[0] if len(terms) == 1 else tuple(terms)
 
-    def _scoring(self, interaction, method):
-        """Run a scoring ``method``: with the batch's prefix keys, or (LLM-free) on behaviour alone."""
+    def _scoring(self, interaction, method, vectors: Optional[torch.Tensor] = None):
+        """Run a scoring ``method``: with the batch's prefix keys (or intent vectors given directly),
+        or, LLM-free, on behaviour alone (no keys needed)."""
         if not self.semantic_at_inference:
-            self._keys = self._batch_seq = None
+            with self.call_state():
+                return method(interaction)
+        if vectors is None:
+            self._require_keys(interaction)
+        with self.call_state(interaction, vectors=vectors):
             return method(interaction)
-        return self._with_keys(interaction, method)
 
     def predict(self, interaction):
-        return self._scoring(interaction, self.base_model_class.predict.__get__(self))
+        return self._scoring(interaction, self._base_predict)
 
     def full_sort_predict(self, interaction):
-        return self._scoring(interaction, self.base_model_class.full_sort_predict.__get__(self))
+        return self._scoring(interaction, self._base_full_sort_predict)
 
     def full_sort_predict_with_intents(self, interaction, vectors: torch.Tensor):
         """``full_sort_predict`` with the sessions' intent vectors ``[B, V, d_text]`` given directly
-        (V in ``self.views`` order): serving a prefix that is not in the intent table."""
-        if not self.semantic_at_inference:
-            return self.full_sort_predict(interaction)
-        self._vectors = vectors
-        try:
-            return self.full_sort_predict(interaction)
-        finally:
-            self._vectors = None
+        (V in ``self.views`` order): serving a prefix that is not in the intent table. With
+        ``intent_control: constant`` they are replaced by the constant vector, as in training."""
+        return self._scoring(interaction, self._base_full_sort_predict, vectors=vectors)
 
 
 def as_flag(value, default: bool) -> bool:
@@ -284,26 +328,42 @@ def as_flag(value, default: bool) -> bool:
     return bool(value)
 
 
-def make_class(base_class, mixins: tuple = None) -> type:
-    """``LLM4SBR_<Base>``: (per-base mixins, ``LLM4SBRMixin``, base), registered in this module."""
-    name = PREFIX + base_class.__name__
-    mixins = base_mixins(base_class.__name__) if mixins is None else tuple(mixins)
+_CLASSES: Dict[str, type] = {}
+
+
+def make_class(base_class, spec: Optional[BaseSpec] = None) -> type:
+    """``LLM4SBR_<Base>``: (the spec's mixins, ``LLM4SBRMixin``, base), registered in this module.
+
+    ``spec`` defaults to the base's entry in ``bases.BASES``; the class is set on this module so that
+    pickle finds it by ``recbole_llm4sbr.model.wrapper.LLM4SBR_<Base>`` (checkpoints' configs)."""
+    if spec is None:
+        spec, _ = resolve(base_class.__name__)
+    name = wrapped_name(base_class.__name__)
     roles = forward_roles(base_class)
-    cls = type(name, mixins + (LLM4SBRMixin, base_class), {
+    cls = type(name, tuple(spec.mixins) + (LLM4SBRMixin, base_class), {
         "base_model_name": base_class.__name__,
         "base_model_class": base_class,
+        "base_spec": spec,
         "forward_signature": inspect.signature(base_class.forward),
         "forward_roles": roles,
         "__module__": __name__,
         "__doc__": f"LLM4SBR around RecBole's {base_class.__name__} (made by recbole_llm4sbr.model.wrapper).",
     })
-    setattr(sys.modules[__name__], name, cls)  # so pickle finds it by module + name
+    setattr(sys.modules[__name__], name, cls)
     return cls
 
 
-def __getattr__(name):  # unpickling a checkpoint's config re-creates LLM4SBR_<Base> on demand
-    if name.startswith(PREFIX):
-        from recbole_llm4sbr.model.registry import llm4sbr_class
+def llm4sbr_class(base_name: str) -> type:
+    """``LLM4SBR_<base_name>``, made once from the base's spec and cached; ValueError with the
+    reason for a base that cannot be wrapped (before any data is read)."""
+    if base_name not in _CLASSES:
+        spec, base = resolve(base_name)
+        _CLASSES[base_name] = make_class(base, spec)
+    return _CLASSES[base_name]
 
-        return llm4sbr_class(name[len(PREFIX):])
-    raise AttributeError(name)
+
+def __getattr__(name):  # unpickling a checkpoint's config re-creates LLM4SBR_<Base> on demand
+    base = base_of(name)
+    if base is not None:
+        return llm4sbr_class(base)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,102 @@
+"""Attribution controls (issue 11): how much of LLM4SBR's gain is the sessions' own intents.
+
+Config keys (``properties/model/LLM4SBR.yaml``), read by the model when it builds its intent buffer
+(the table on disk is never edited, and RecBole's dataset keeps its own rows):
+
+* ``intent_control: none | constant | shuffled``
+
+  - ``none``: every prefix reads its own intent.
+  - ``constant``: every prefix reads ONE vector per view, the mean of the buffer's real rows (row 0,
+    the padding key, excluded and left as it is). Intent vectors given directly (serving an unseen
+    prefix, ``full_sort_predict_with_intents``) are replaced by it too. What the architecture alone
+    (projection, gates, fusion, alignment-uniformity against one point) gives.
+  - ``shuffled``: the buffer's real rows permuted by ``shuffle_order(n_rows, intent_shuffle_seed)``,
+    one cycle through all of them, so every prefix reads another prefix's intent (identical vectors
+    stay possible: prefixes that share an exemplar share answers); row 0 stays in place. Vectors
+    given directly are not changed (there is no other session to take them from).
+
+* ``intent_shuffle_seed: 0``: the seed of that permutation; a function of (seed, number of rows)
+  only, so two runs, processes or model instances on the same dataset read the same rows.
+* ``intent_dropout: 0.0``: in training only, each sample's intent (all views) is replaced by the
+  constant vector with this probability (torch's RNG, so seeded runs repeat).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from recbole_llm4sbr.errors import ConfigError
+
+CONTROLS = ("none", "constant", "shuffled")
+
+
+@dataclass(frozen=True)
+class IntentControl:
+    mode: str = "none"
+    seed: int = 0
+    dropout: float = 0.0
+
+    @classmethod
+    def from_config(cls, config) -> "IntentControl":
+        """The three keys from a RecBole config (missing = default); ConfigError on a bad value."""
+        mode = config["intent_control"]
+        mode = "none" if mode is None else str(mode).strip().lower()
+        if mode not in CONTROLS:
+            raise ConfigError(
+                f"intent_control = {config['intent_control']!r}; allowed values: {', '.join(CONTROLS)}. "
+                "Fix: --intent_control=none (or constant, shuffled).")
+        seed = config["intent_shuffle_seed"]
+        seed = 0 if seed is None else seed
+        try:
+            ok = not isinstance(seed, (bool, float)) and int(seed) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"intent_shuffle_seed = {seed!r}; allowed values: an integer >= 0. Fix: --intent_shuffle_seed=0.")
+        dropout = config["intent_dropout"]
+        dropout = 0.0 if dropout is None else dropout
+        try:
+            ok = not isinstance(dropout, bool) and 0.0 <= float(dropout) <= 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"intent_dropout = {dropout!r}; allowed values: a probability in [0, 1]. Fix: --intent_dropout=0.0.")
+        return cls(mode, int(seed), float(dropout))
+
+
+def constant_of(vectors: torch.Tensor) -> torch.Tensor:
+    """The mean of the real rows (1..) of an intent buffer ``[n_rows, V, d]``: ``[V, d]``."""
+    return vectors[1:].mean(dim=0)
+
+
+def shuffle_order(n_rows: int, seed: int) -> torch.Tensor:
+    """Row r of the shuffled buffer is row ``order[r]`` of the original: ``order[0] = 0`` (padding),
+    and rows 1.. form one cycle (no row reads itself when there are two or more)."""
+    cycle = np.random.default_rng(seed).permutation(np.arange(1, n_rows))
+    order = np.zeros(n_rows, dtype=np.int64)
+    order[cycle] = np.roll(cycle, -1)
+    return torch.from_numpy(order)
+
+
+def controlled_buffer(vectors: torch.Tensor, control: IntentControl) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(the buffer the model reads, the constant vector ``[V, d]``) for an intent buffer ``[n_rows, V, d]``."""
+    constant = constant_of(vectors)
+    if control.mode == "constant":
+        vectors = vectors.clone()
+        vectors[1:] = constant
+    elif control.mode == "shuffled":
+        vectors = vectors[shuffle_order(vectors.size(0), control.seed)]
+    return vectors, constant
+
+
+def drop_intents(vectors: torch.Tensor, constant: Optional[torch.Tensor], p: float) -> torch.Tensor:
+    """``vectors [B, V, d]`` with each sample replaced by ``constant`` with probability ``p``."""
+    if p <= 0 or constant is None:
+        return vectors
+    dropped = torch.rand(vectors.size(0), device=vectors.device) < p
+    return torch.where(dropped.view(-1, 1, 1), constant.to(vectors), vectors)
