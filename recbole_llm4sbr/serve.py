@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import recbole_llm4sbr  # noqa: F401  (compat shims before RecBole loads)
 from recbole_llm4sbr.errors import LLM4SBRError, run_command
+from recbole_llm4sbr.model.bases import is_wrapped
 
 
 class ServeError(LLM4SBRError):
@@ -59,7 +60,7 @@ class Recommendation:
 
 
 def _is_llm4sbr(model_name: str) -> bool:
-    return str(model_name).startswith("LLM4SBR_")
+    return is_wrapped(str(model_name))
 
 
 class ServedModel:

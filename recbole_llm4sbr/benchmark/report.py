@@ -26,6 +26,7 @@ from recbole_llm4sbr.benchmark.aggregate import (
     metric_names,
 )
 from recbole_llm4sbr.benchmark.variants import VARIANTS
+from recbole_llm4sbr.model.bases import is_wrapped as is_wrapped_model
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
 
@@ -110,7 +111,7 @@ def is_wrapped(variant: str, cells: Sequence[dict] = ()) -> bool:
     if variant in VARIANTS:
         return VARIANTS[variant].wrapped
     models = [c.get("model") or "" for c in cells if c.get("variant") == variant]
-    return any(m.startswith("LLM4SBR_") for m in models) if models else variant != "base"
+    return any(is_wrapped_model(m) for m in models) if models else variant != "base"
 
 
 def backend_label(intent: dict | None) -> str:

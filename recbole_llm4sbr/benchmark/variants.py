@@ -13,16 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-#: the one place this module spells the wrapper's name (the model package owns the convention)
-_WRAPPED_PREFIX = "LLM4SBR_"
-
-
-def _wrapped_name(base: str) -> str:
-    return f"{_WRAPPED_PREFIX}{base}"
-
-
-def _base_of(name: str) -> str:
-    return name[len(_WRAPPED_PREFIX):] if name.startswith(_WRAPPED_PREFIX) else name
+from recbole_llm4sbr.model.bases import base_of, wrapped_name
 
 
 @dataclass(frozen=True)
@@ -33,7 +24,7 @@ class Variant:
     overrides: Dict[str, object] = field(default_factory=dict)
 
     def model(self, base: str) -> str:
-        return _wrapped_name(base) if self.wrapped else base
+        return wrapped_name(base) if self.wrapped else base
 
 
 VARIANTS: Dict[str, Variant] = {v.name: v for v in [
@@ -92,8 +83,8 @@ def parse_bases(text) -> List[str]:
     out: List[str] = []
     for name in names:
         name = name.strip()
-        if _base_of(name) != name:
-            raise ValueError(f"--base_models: give the stock base ('{_base_of(name)}'), not '{name}'; "
+        if base_of(name) is not None:
+            raise ValueError(f"--base_models: give the stock base ('{base_of(name)}'), not '{name}'; "
                              "the benchmark trains both sides itself.")
         if name and name not in out:
             out.append(name)
