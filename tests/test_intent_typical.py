@@ -121,7 +121,7 @@ def test_minibatch_kmeans_recovers_separated_blobs():
     assert centroids.shape == (4, 8) and labels.shape == (200,) and steps >= 1
     # every true blob is one cluster and every cluster one blob
     pairs = set(zip(truth.tolist(), labels.tolist()))
-    assert len(pairs) == 4 and len({t for t, _ in pairs}) == 4 and len({l for _, l in pairs}) == 4
+    assert len(pairs) == 4 and len({t for t, _ in pairs}) == 4 and len({label for _, label in pairs}) == 4
 
 
 def _plan_inputs(n_train=60, n_eval=20, n_items=30, d=16, seed=0):

@@ -148,7 +148,10 @@ def paired_bootstrap(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], n
     tail = 100 * (1 - level) / 2
     lo, hi = (float(x) for x in np.percentile(stats, [tail, 100 - tail]))
     ref = float(np.mean(others))
-    rel = (lambda x: 100.0 * x / ref if ref else None)
+
+    def rel(x):
+        return 100.0 * x / ref if ref else None
+
     return {"diff": observed, "lo": lo, "hi": hi, "rel": rel(observed), "rel_lo": rel(lo), "rel_hi": rel(hi),
             "p": float(np.mean(stats <= 0)), "pairs": len(diffs), "n": sorted({d.size for d in diffs}),
             "n_boot": n_boot}

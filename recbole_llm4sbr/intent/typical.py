@@ -149,7 +149,7 @@ def minibatch_kmeans(
     counts = np.zeros(len(centroids), dtype=np.float64)
     b = min(int(batch_size), n)
     it = 0
-    for it in range(1, int(max_iter) + 1):
+    for it in range(1, int(max_iter) + 1):  # noqa: B007 - the count is returned
         batch = x[rng.choice(n, size=b, replace=False)] if b < n else x
         labels, _ = nearest(batch, centroids)
         old = centroids.copy()

@@ -35,5 +35,5 @@ class Backend(ABC):
         """Tokens in ``texts`` for the tokens/s read-out; backends with a tokenizer override this."""
         return sum(len(t.split()) for t in texts)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release devices, processes or connections."""
