@@ -14,6 +14,7 @@ import os
 import recbole
 from recbole.config import Config as RecBoleConfig
 
+from recbole_llm4sbr.intent.backends import check_backend_name
 from recbole_llm4sbr.paths import default_data_path, properties_dir
 from recbole_llm4sbr.utils import get_model
 from recbole_llm4sbr.validation import validate
@@ -35,6 +36,7 @@ class Config(RecBoleConfig):
         super().__init__(model=model, dataset=dataset, config_file_list=config_file_list,
                          config_dict=config_dict)
         validate(self)
+        check_backend_name(self)
 
     def _load_cmd_line(self):
         if not self._read_cmd_line:

@@ -113,12 +113,15 @@ def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides:
     ``--protocol``/``--grid_<key>`` (``grid={"learning_rate": [0.001, 0.0003]}``)."""
     from recbole_llm4sbr.benchmark.report import write_reports
     from recbole_llm4sbr.benchmark.runner import Benchmark
+    from recbole_llm4sbr.intent.backends import check_backend_name
     from recbole_llm4sbr.intent.settings import parse_value
     from recbole_llm4sbr.validation import validate
 
     overrides = dict(overrides or {})
     # every cell's config is checked when it is built; check the overrides now, before any stage 1 or training
-    validate({k: parse_value(v) if isinstance(v, str) else v for k, v in overrides.items()})
+    typed = {k: parse_value(v) if isinstance(v, str) else v for k, v in overrides.items()}
+    validate(typed)
+    check_backend_name(typed)
     first = overrides.pop("seed", 2020)
     bench = Benchmark(dataset, parse_bases(bases), parse_variants(variants), parse_seeds(seeds, int(first)),
                       overrides, results_dir, config_files, command=command, commit=commit,

@@ -16,6 +16,7 @@ import yaml
 
 from ..paths import default_data_path, properties_dir
 from ..validation import validate
+from .backends import check_backend_name
 from .errors import IntentError
 
 #: default of ``intent_answer_max_chars`` (not in overall.yaml: cleaning detail, rarely changed)
@@ -140,6 +141,7 @@ def load_settings(
     if not settings.get("data_path"):
         settings["data_path"] = str(default_data_path())
     validate(settings)
+    check_backend_name(settings)
     return settings
 
 

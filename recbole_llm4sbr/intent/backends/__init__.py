@@ -12,6 +12,7 @@ import importlib.util
 import logging
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from ...validation import refuse
 from ..errors import IntentError
 from .base import Backend
 
@@ -110,6 +111,19 @@ def resolve_backend_name(settings: Mapping[str, Any], logger: Optional[logging.L
         fell_back = said[0].startswith("intent_backend auto -> text")  # no real LLM: worth a warning
         (log.warning if fell_back else log.info)("; ".join(said))
     return name
+
+
+def check_backend_name(settings: Mapping[str, Any]) -> None:
+    """``intent_backend`` is ``auto`` or a name in ``REGISTRY`` (a plugin may register more): checked
+    where a config is built, next to ``validation.validate``, so a typo stops a run before any data
+    is read."""
+    try:
+        name = settings["intent_backend"]
+    except (KeyError, TypeError):
+        return
+    if name is None or str(name).strip().lower() in ("auto", *REGISTRY):
+        return
+    raise refuse("intent_backend", name, "auto or a registered backend: " + ", ".join(sorted(REGISTRY)), "auto")
 
 
 def backend_class(name: str) -> type:
