@@ -35,7 +35,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "recbole-llm4sbr=recbole_llm4sbr.quick_start.cli:main",
+            "recbole-llm4sbr=recbole_llm4sbr.cli:main",
         ]
     },
 )

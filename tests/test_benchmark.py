@@ -227,7 +227,7 @@ COMMON = ["--epochs=2", "--embedding_size=16", "--hidden_size=16", "--train_batc
 def test_fair_protocol_two_cells_end_to_end_then_rerun_trains_nothing(tiny):
     """Fair protocol through the command: a 2-point grid per (base, variant) on the first seed, the
     setting with the best validation score chosen, the grid recorded, per-sample outcomes kept."""
-    from recbole_llm4sbr.quick_start.cli import main
+    from recbole_llm4sbr.cli import main
 
     tmp_path, calls, _ = tiny
     argv = ["--benchmark", "--dataset=tiny", "--base_models=GRU4Rec", "--seeds=1", "--variants=arch",

@@ -69,12 +69,8 @@ def _main(argv: List[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--benchmark" in argv:  # stock vs LLM4SBR over bases and seeds
-        from recbole_llm4sbr.benchmark.cli import main as benchmark_main
-
-        return benchmark_main(argv)
-    return run_command(_main, argv)
+    """One run (train + test, or ``--eval_only``); ``recbole_llm4sbr.cli`` sends ``--benchmark`` elsewhere."""
+    return run_command(_main, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
