@@ -36,7 +36,7 @@ WRONG = {
     "epochs": ["abc", 0], "train_batch_size": ["x", 0], "eval_batch_size": [1.5, -1],
     "learning_rate": ["fast", 0], "weight_decay": ["x", -0.1], "stopping_step": ["x", 0], "seed": ["x", 1.5],
     "MAX_ITEM_LIST_LENGTH": ["x", 0], "torch_num_threads": ["x", -1], "lr_step_size": ["x", -1],
-    "lr_gamma": ["x", 0, 1.5], "intent_backend": ["bogus", 3], "intent_model": ["", 3],
+    "lr_gamma": ["x", 0, 1.5], "intent_backend": ["", 3], "intent_model": ["", 3],
     "intent_views": ["long", {}], "intent_template": ["no placeholders", 3], "intent_max_tokens": ["x", 0],
     "intent_temperature": ["x", -1], "intent_top_p": ["x", 0, 1.1], "intent_seed": ["x", 0.5],
     "intent_batch_size": ["x", 0], "intent_device": ["gpu", 1], "intent_encoder": ["", 2],
@@ -48,7 +48,7 @@ WRONG = {
     "openai_max_retries": ["x", -1], "load_intent": ["maybe", 2], "llm4sbr_views": ["long", []],
     "view_behaviour": [{"long": "both"}, "global"], "au_weight": ["x", -0.1], "intent_localization": ["maybe", 2],
     "semantic_at_inference": ["maybe", 2], "semantic_pred_weight": ["x", -1], "intent_control": ["random", 1],
-    "intent_shuffle_seed": ["x", 0.5], "intent_dropout": ["x", -0.1, 1.0],
+    "intent_shuffle_seed": ["x", 0.5], "intent_dropout": ["x", -0.1, 1.5],
 }
 
 
@@ -81,6 +81,16 @@ def test_every_rule_refuses_wrong_type_and_range_and_names_key_and_fix(key):
         with pytest.raises(ConfigError, match=rf"'{key}'.*Fix: --{key}="):
             validate({key: value})
     validate({key: None})  # unset is left to the code that reads the key
+
+
+def test_intent_backend_must_be_registered():
+    from recbole_llm4sbr.intent.backends import REGISTRY, check_backend_name
+
+    with pytest.raises(ConfigError, match=r"'intent_backend' = 'bogus'.*Fix: --intent_backend=auto"):
+        check_backend_name({"intent_backend": "bogus"})
+    for name in ("auto", "AUTO", *REGISTRY):
+        check_backend_name({"intent_backend": name})
+    check_backend_name({})
 
 
 def test_valid_defaults_pass():

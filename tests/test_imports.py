@@ -1,5 +1,6 @@
-"""The package's import graph has no cycle, counting imports inside functions too: a cycle is what
-made ``registry <-> wrapper <-> utils`` and ``intent.settings <-> backends`` hard to change."""
+"""The package's import graph has no cycle, counting imports inside functions and the package
+``__init__`` an import runs: a cycle is what made ``registry <-> wrapper <-> utils`` and
+``intent.settings <-> backends`` hard to change. (The one cycle test of the whole package.)"""
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,9 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, modules: Set[str]) -> Set[str]:
-    """Package modules imported anywhere in ``path`` (``from pkg import name`` counts ``pkg.name``
-    when that is a module, else ``pkg``)."""
+    """Package modules imported anywhere in ``path``, inside functions too (``from pkg import name``
+    counts ``pkg.name`` when that is a module). Importing ``a.b.c`` from outside package ``a.b`` also
+    runs ``a/b/__init__``: that package counts as imported too."""
     me = module_name(path)
     package = me if path.name == "__init__.py" else me.rpartition(".")[0]
     found: Set[str] = set()
@@ -39,8 +41,13 @@ def imports_of(path: Path, modules: Set[str]) -> Set[str]:
         for target in targets:
             while target and target not in modules:  # `import a.b.c` names a module at some depth
                 target = target.rpartition(".")[0]
-            if target and target != me and target.split(".")[0] == NAME:
-                found.add(target)
+            if not target or target.split(".")[0] != NAME:
+                continue
+            parts = target.split(".")
+            for depth in range(2, len(parts) + 1):
+                prefix = ".".join(parts[:depth])
+                if prefix in modules and prefix != me and (prefix == target or not me.startswith(prefix + ".")):
+                    found.add(prefix)
     return found
 
 
@@ -81,10 +88,14 @@ def test_finder_sees_a_cycle_when_there_is_one():
     assert find_cycle({"a": {"b"}, "b": set()}) == []
 
 
-def test_graph_reads_relative_and_function_level_imports():
+def test_graph_reads_relative_function_level_and_package_imports():
     edges = graph()
     assert "recbole_llm4sbr.errors" in edges["recbole_llm4sbr.validation"]
     assert "recbole_llm4sbr.compat" in edges["recbole_llm4sbr"]
+    # config imports intent.backends: that runs intent/__init__ as well
+    assert {"recbole_llm4sbr.intent", "recbole_llm4sbr.intent.backends"} <= edges["recbole_llm4sbr.config"]
+    # a function-level import inside serve.py's functions
+    assert "recbole_llm4sbr.data.dataset" in edges["recbole_llm4sbr.serve"]
 
 
 def test_package_import_graph_has_no_cycle():
