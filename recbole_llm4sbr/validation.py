@@ -82,13 +82,30 @@ def text(non_empty: bool = True) -> Rule:
     return Rule(lambda v: isinstance(v, str) and (bool(v.strip()) or not non_empty), "a non-empty string", "name")
 
 
+def _structured(v):
+    """A list or mapping may arrive as its YAML text (RecBole leaves ``--key={a: b}`` a string; stage 1
+    reads it as YAML)."""
+    if isinstance(v, str):
+        import yaml
+
+        try:
+            return yaml.safe_load(v)
+        except yaml.YAMLError:
+            return v
+    return v
+
+
 def names() -> Rule:
-    return Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, str) and x for x in v),
-                "a non-empty list of names", "[long,short]")
+    def check(v):
+        v = _structured(v)
+        return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, str) and x for x in v)
+
+    return Rule(check, "a non-empty list of names", "[long,short]")
 
 
 def mapping_of(values: Optional[Sequence[str]] = None) -> Rule:
     def check(v):
+        v = _structured(v)
         if not isinstance(v, Mapping) or not v:
             return False
         return all(isinstance(k, str) and isinstance(x, str) and (values is None or x in values) for k, x in v.items())

@@ -12,6 +12,7 @@ import torch
 
 from intent_helpers import DS, ITEMS, base_settings, write_dataset
 
+from recbole_llm4sbr.errors import LLM4SBRError
 from recbole_llm4sbr.intent import build_intent_table, ensure_intent_table, load_intent_table, prefix_key
 from recbole_llm4sbr.intent import backends as backends_mod
 from recbole_llm4sbr.intent import pipeline
@@ -100,7 +101,7 @@ def test_resolve_budget_rejects_bad_values(bad):
 
 
 def test_bad_budget_is_a_clear_error_from_the_pipeline(data, counting):
-    with pytest.raises(IntentError, match="intent_budget"):
+    with pytest.raises(LLM4SBRError, match="intent_budget"):  # refused where the settings are built
         build_intent_table(typical_settings(data, intent_budget=-1))
     assert counting.sent == []  # failed before any LLM call
 
@@ -251,7 +252,7 @@ def test_prompt_max_items(data, counting):
     t = load_intent_table(build_intent_table(typical_settings(data, intent_samples="all", intent_prompt_max_items=1)))
     assert counting.sent and all(sum(line[:1].isdigit() for line in p.splitlines()) == 1 for p in counting.sent)
     assert t.meta["table_settings"]["prompt_max_items"] == 1
-    with pytest.raises(IntentError, match="intent_prompt_max_items"):
+    with pytest.raises(LLM4SBRError, match="intent_prompt_max_items"):
         build_intent_table(typical_settings(data, intent_prompt_max_items=-2))
 
 
