@@ -17,7 +17,7 @@ ANSWERS = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
 
 
 def authors_version(answers, items, r):
-    """The released code's defect (METHOD.md): weights of catalogue rows 0..r-1, divided by r."""
+    """The released code's defect (docs/METHOD.md): weights of catalogue rows 0..r-1, divided by r."""
     sims = answers @ items.T
     idx = np.argsort(-sims, axis=1)[:, :r]
     return np.stack([(sims[j, :r, None] * items[idx[j]]).sum(0) / r for j in range(len(answers))])

@@ -1,4 +1,4 @@
-"""Alignment-uniformity against the direct formulas (METHOD.md Eq. 8-9) and the gated fusion."""
+"""Alignment-uniformity against the direct formulas (docs/METHOD.md Eq. 8-9) and the gated fusion."""
 import itertools
 import math
 

@@ -1,4 +1,4 @@
-"""Alignment and uniformity (DirectAU; METHOD.md Eq. 8-9) between behaviour and intent views."""
+"""Alignment and uniformity (DirectAU; docs/METHOD.md Eq. 8-9) between behaviour and intent views."""
 from __future__ import annotations
 
 import torch

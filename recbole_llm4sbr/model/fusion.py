@@ -1,4 +1,4 @@
-"""Gated fusion of behaviour views with their intent views (METHOD.md Eq. 10-12).
+"""Gated fusion of behaviour views with their intent views (docs/METHOD.md Eq. 10-12).
 
 Each intent view v is paired with one behaviour view b(v) (``global`` or ``local``); its gate is the
 scalar ``a_v = q_v^T sigmoid(H_b(v) + h~_v)`` and its segment ``H_b(v) * a_v``. A behaviour view that

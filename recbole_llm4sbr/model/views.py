@@ -2,7 +2,7 @@
 
 An adapter reads both views out of one pass of the base model, so wrapping costs no second pass.
 Bases with a natural pair get their own adapter (SR-GNN: attention readout and last-click state,
-METHOD.md step 4; GCSAN, NARM, STAMP, NextItNet); every other base uses ``GenericViews``: global =
+docs/METHOD.md step 4; GCSAN, NARM, STAMP, NextItNet); every other base uses ``GenericViews``: global =
 the base's own sequence representation (its ``forward``), local = the last clicked item's embedding.
 
 Each adapter also says how wide its views are (``view_size``; the fusion's input and the intent

@@ -88,7 +88,7 @@ class CallState:
 
 
 class LLM4SBRMixin:
-    """Stage 2 of LLM4SBR around a base recommender (METHOD.md steps 4-9)."""
+    """Stage 2 of LLM4SBR around a base recommender (docs/METHOD.md steps 4-9)."""
 
     base_model_name: str = ""
     base_model_class: type = None
