@@ -10,8 +10,9 @@ ml-100k``), the unique prefixes in the pipeline's order (sessions' prefixes side
 ``intent_samples: all`` asks them), both views, ``intent_prompt_max_items`` 10, written by the
 project's own ``intent.prompts.build_prompt`` and template; the first ``--n`` prompts.
 
-A variant is ``dtype:threads:sharing:batch`` (threads ``auto`` = all cores; sharing ``shared`` or
-``plain``). Each runs the prompts through ``answer_prompts`` (fresh answer cache, chunks of the
+A variant is ``dtype:threads:sharing:batch`` (threads ``auto`` = all cores; sharing ``plain`` = one
+left-padded ``generate`` per batch, ``tree`` = prefix-tree prefill + ``generate`` from the cache,
+``shared`` = prefix-tree prefill + the backend's in-place greedy loop, the default). Each runs the prompts through ``answer_prompts`` (fresh answer cache, chunks of the
 backend's ``prompts_per_call``) after a short warm-up, best of ``--reps``, and reports prompts/s,
 prefill tokens computed against prompt tokens (what prefix sharing saves; the plain path's figure
 includes padding), prefill tokens/s (prompt tokens / s, decode included in the time: an upper bound
@@ -36,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 #: forward FLOPs per token of SmolLM2-135M (2 x parameters, lm_head only on the last token)
 GFLOP_PER_TOKEN = 0.27
-DEFAULT_VARIANTS = ("float32:1:plain:32,float32:auto:plain:64,float32:auto:shared:64,"
+DEFAULT_VARIANTS = ("float32:1:plain:32,float32:auto:plain:64,float32:auto:tree:64,float32:auto:shared:64,"
                     "bfloat16:auto:plain:64,bfloat16:auto:shared:64")
 
 
@@ -97,8 +98,11 @@ def matmul_gflops(dtype_name: str, threads: int, size: int = 2048, budget_s: flo
 
 def parse_variant(text: str):
     dtype, threads, sharing, batch = (text.split(":") + ["", "", "", ""])[:4]
-    return dict(dtype=dtype or "float32", threads=threads or "auto", sharing=(sharing or "shared") == "shared",
-                batch=int(batch or 64))
+    sharing = sharing or "shared"
+    if sharing not in ("plain", "shared", "tree"):
+        raise SystemExit(f"variant {text!r}: sharing is plain, shared or tree")
+    return dict(dtype=dtype or "float32", threads=threads or "auto", sharing=sharing != "plain",
+                loop=sharing == "shared", mode=sharing, batch=int(batch or 64))
 
 
 def make_backend(v, args):
@@ -107,7 +111,7 @@ def make_backend(v, args):
     return TransformersBackend(dict(
         intent_model=args.model, intent_max_tokens=args.max_tokens, intent_temperature=0.0,
         intent_top_p=1.0, intent_seed=2024, intent_batch_size=v["batch"], intent_device="cpu",
-        intent_dtype=v["dtype"], intent_num_threads=v["threads"], intent_prefix_sharing=v["sharing"],
+        intent_dtype=v["dtype"], intent_num_threads=v["threads"], intent_prefix_sharing=v["sharing"], intent_greedy_loop=v.get("loop", True),
         intent_prompts_per_call=max(v["batch"], args.per_call)))
 
 
@@ -147,14 +151,14 @@ def run_variant(v, prompts, args, tmp, tv):
         for rep in range(args.reps):
             c = _Counting(backend)
             with AnswerCache(tmp / f"{id(v)}-{rep}.sqlite", backend.describe(), tv) as cache:
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), time.process_time()
                 got, _ = answer_prompts(c, prompts, cache, v["batch"], progress=False)
-                wall = time.perf_counter() - t
+                wall, cpu = time.perf_counter() - t, time.process_time() - cpu
             if wall < best:
-                best, answers, counted = wall, got, c
+                best, best_cpu, answers, counted = wall, cpu, got, c
     finally:
         backend.close()
-    return dict(v, threads_n=resolve_num_threads(v["threads"]), load_s=load_s, wall_s=best,
+    return dict(v, threads_n=resolve_num_threads(v["threads"]), load_s=load_s, wall_s=best, cpu_s=best_cpu,
                 prompts_per_s=len(prompts) / best, prompt_tokens=counted.prompt_tokens,
                 computed=counted.computed, answers=answers, load=load_average())
 
@@ -185,6 +189,7 @@ def profile(prompts, args):
         enc = sorted(enc, key=len)
         for threads in (1, 2):
             torch.set_num_threads(threads)
+            b._generate_batch(enc[:2])  # warm-up: one-time allocations and kernel selection
             for bs in args.profile_batches:
                 if bs > len(enc):
                     continue
@@ -285,21 +290,22 @@ def main(argv=None):
                 dts = ["float32"] + (["bfloat16"] if cpu_has_fast_bf16() else [])
                 limits[key] = max((matmul_gflops(dt, key), dt) for dt in dts)
             rows.append(r)
-            print(f"{text}: {r['prompts_per_s']:.2f} prompts/s ({r['wall_s']:.1f} s), prefill computed "
+            print(f"{text}: {r['prompts_per_s']:.2f} prompts/s ({r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s), prefill computed "
                   f"{r['computed']} of {r['prompt_tokens']} prompt tokens; load {r['load']}", flush=True)
 
     ref = rows[0]["answers"] if rows else None
     table = ["",
-             "| dtype | threads | prefix sharing | batch | prompts/s | prompt tokens | prefill tokens computed | "
-             "saved | prompt tok/s | % of matmul limit | answers changed vs first row | load (1 min) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| dtype | threads | path | batch | prompts/s (wall) | prompts per CPU-s | prompt tokens | "
+             "prefill tokens computed | saved | prompt tok/s | % of matmul limit | answers changed vs first row | "
+             "load (1 min) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         gflops, dt = limits[r["threads_n"]]
         tok_s = r["prompt_tokens"] / r["wall_s"]
         pct = 100 * r["computed"] / r["wall_s"] * GFLOP_PER_TOKEN / gflops
         changed = sum(a != b for a, b in zip(r["answers"], ref))
-        table.append(f"| {r['dtype']} | {r['threads_n']} | {'yes' if r['sharing'] else 'no'} | {r['batch']} | "
-                     f"{r['prompts_per_s']:.2f} | {r['prompt_tokens']} | {r['computed']} | "
+        table.append(f"| {r['dtype']} | {r['threads_n']} | {r['mode']} | {r['batch']} | "
+                     f"{r['prompts_per_s']:.2f} | {len(ref) / r['cpu_s']:.2f} | {r['prompt_tokens']} | {r['computed']} | "
                      f"{100 * (1 - r['computed'] / max(1, r['prompt_tokens'])):.0f} % | {tok_s:.0f} | "
                      f"{pct:.0f} % | {changed}/{len(ref)} | {r['load'].split()[0]} |")
     notes = [f"matmul limit (2048^2, best dtype, same threads): "

@@ -41,6 +41,9 @@ def test_auto_dtype_on_cpu_follows_bf16_flags(flags, cpu_flags, expected):
     assert _pick_dtype("auto", torch.device("cpu")) == expected
     assert _pick_dtype("float32", torch.device("cpu")) == torch.float32  # explicit wins
     assert _pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    # what a table identity can record without loading the model
+    assert tb.resolved_dtype_name({"intent_device": "cpu"}) == str(expected).replace("torch.", "")
+    assert tb.resolved_dtype_name({"intent_device": "cpu", "intent_dtype": "float32"}) == "float32"
 
 
 def test_auto_dtype_reaches_describe(flags, tiny_chat_model):
@@ -73,13 +76,13 @@ def test_generation_threads_do_not_leak(tiny_chat_model):
     b = TransformersBackend(dict(intent_model=tiny_chat_model, intent_device="cpu", intent_max_tokens=2,
                                  intent_num_threads=before + 1))
     try:
-        real = b._run_generate
+        real = b.model.forward
 
         def spy(*a, **k):
             seen.append(torch.get_num_threads())
             return real(*a, **k)
 
-        b._run_generate = spy
+        b.model.forward = spy  # every forward of the call: prefill and decode
         b.generate(PROMPTS[:3])
     finally:
         b.close()
@@ -170,3 +173,21 @@ def test_answer_prompts_hands_whole_trees_to_the_backend(tiny_chat_model, tmp_pa
         assert answers == real(PROMPTS)
     finally:
         b.close()
+
+
+def test_greedy_loop_with_early_stops_matches_generate(tiny_chat_model):
+    """The shared path's own greedy loop (cache written in place, finished rows dropped) stops
+    where generate() stops: with many stop ids the answers end at different steps."""
+    loop, hf = (_backend(tiny_chat_model, intent_max_tokens=10, intent_greedy_loop=flag) for flag in (True, False))
+    try:
+        full = hf.generate(PROMPTS)
+        stops = sorted({t for a in full for t in hf.tokenizer(a, add_special_tokens=False)["input_ids"][1:3]})
+        for b in (loop, hf):
+            b.eos_token_ids = list(b.eos_token_ids) + stops
+        want = hf.generate(PROMPTS)
+        got = loop.generate(PROMPTS)
+        assert got == want
+        assert len({len(a) for a in want}) > 2 and want != full  # rows did stop early, at different steps
+    finally:
+        loop.close()
+        hf.close()

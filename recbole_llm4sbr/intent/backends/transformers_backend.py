@@ -49,7 +49,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from .base import Backend
 from ..models import resolve_model
 
-__all__ = ["TransformersBackend", "prefix_tree", "cpu_has_fast_bf16", "resolve_num_threads"]
+__all__ = ["TransformersBackend", "prefix_tree", "cpu_has_fast_bf16", "resolve_num_threads",
+           "resolved_dtype_name"]
 
 
 def _pick_device(requested: Any):
@@ -81,6 +82,14 @@ def _pick_dtype(requested: Any, device):
     if req not in table:
         raise ValueError(f"intent_dtype={requested!r}: expected auto, float32, bfloat16 or float16")
     return table[req]
+
+
+def resolved_dtype_name(settings: Dict[str, Any]) -> str:
+    """What ``intent_dtype`` (auto included) becomes on this machine for these settings, e.g.
+    ``"float32"``, without loading a model: for a table identity that must change when ``auto``
+    means bf16 here and float32 elsewhere (the answers may differ)."""
+    device = _pick_device(settings.get("intent_device", "auto"))
+    return str(_pick_dtype(settings.get("intent_dtype", "auto"), device)).replace("torch.", "")
 
 
 #: CPU flags (/proc/cpuinfo) of bf16 matrix instructions: with either, torch's bf16 matmuls run on
@@ -184,6 +193,46 @@ def prefix_tree(seqs: Sequence[Sequence[int]]) -> Tuple[List[_Node], List[int]]:
     return nodes, end
 
 
+@functools.lru_cache(maxsize=1)
+def _grow_layer_class():
+    """A ``DynamicLayer`` with room reserved for the answer: each decode step writes its key/value in
+    place, where ``DynamicLayer`` re-allocates (``torch.cat``) the whole cache of every layer at every
+    step; ``keep_rows`` drops finished answers so the next steps compute only the open ones."""
+    from transformers.cache_utils import DynamicLayer
+
+    class _GrowLayer(DynamicLayer):
+        def __init__(self, keys, values, extra: int):
+            super().__init__()
+            b, h, n, d = keys.shape
+            self._k = keys.new_zeros((b, h, n + extra, d))
+            self._v = values.new_zeros((b, values.shape[1], n + extra, values.shape[-1]))
+            self._k[:, :, :n] = keys
+            self._v[:, :, :n] = values
+            self._n = n
+            self.device = keys.device
+            self.is_initialized = True
+            self._views()
+
+        def _views(self):
+            self.keys = self._k[:, :, :self._n]
+            self.values = self._v[:, :, :self._n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = self._n + key_states.shape[-2]
+            self._k[:, :, self._n:n] = key_states
+            self._v[:, :, self._n:n] = value_states
+            self._n = n
+            self._views()
+            return self.keys, self.values
+
+        def keep_rows(self, index) -> None:
+            self._k = self._k.index_select(0, index)
+            self._v = self._v.index_select(0, index)
+            self._views()
+
+    return _GrowLayer
+
+
 class TransformersBackend(Backend):
     """``intent_backend: transformers``."""
 
@@ -208,6 +257,8 @@ class TransformersBackend(Backend):
         self.num_threads = resolve_num_threads(s.get("intent_num_threads", "auto"))
         sharing = s.get("intent_prefix_sharing", True)
         self.prefix_sharing = str(sharing).strip().lower() not in ("false", "0", "no", "off", "none")
+        loop = s.get("intent_greedy_loop", True)
+        self.greedy_loop = str(loop).strip().lower() not in ("false", "0", "no", "off", "none")
         #: answer_prompts hands this many prompts per call (generation.chunk_size): prompts that share
         #: prefixes must meet in one call to share a tree
         self.prompts_per_call = max(self.batch_size, int(s.get("intent_prompts_per_call", 256) or 256))
@@ -483,12 +534,64 @@ class TransformersBackend(Backend):
                 last = torch.tensor([[encoded[i][-1]] for i in idx], dtype=torch.long)
                 input_ids = torch.cat([torch.full_like(past_mask, self.pad_token_id), last], dim=1)
                 mask = torch.cat([past_mask, torch.ones_like(last)], dim=1)
-                from transformers import DynamicCache
+                if past and self.greedy_loop and self.temperature == 0:
+                    texts = self._greedy_decode(past, past_mask, last)
+                else:
+                    from transformers import DynamicCache
 
-                cache = DynamicCache(ddp_cache_data=past) if past else None
-                for i, text in zip(idx, self._run_generate(input_ids.to(dev), mask.to(dev), cache)):
+                    cache = DynamicCache(ddp_cache_data=past) if past else None
+                    texts = self._run_generate(input_ids.to(dev), mask.to(dev), cache)
+                for i, text in zip(idx, texts):
                     answers[i] = text
         return answers
+
+    def _greedy_decode(self, past: List[Tuple[Any, Any]], past_mask, last) -> List[str]:
+        """Greedy answers from a pre-filled cache (``past``: per layer [rows, kv_heads, L, d], left
+        padded as ``past_mask`` says; ``last``: [rows, 1] each prompt's last token), as
+        ``generate`` decodes them (argmax, stop at a stop id or ``max_new_tokens``) but with the
+        cache written in place and finished rows dropped once a quarter of the open ones are done."""
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.device
+        grow = _grow_layer_class()
+        cache = DynamicCache()
+        cache.layers = [grow(k, v, self.max_new_tokens) for k, v in past]
+        stops = set(self.eos_token_ids)
+        n = last.shape[0]
+        rows = list(range(n))  # original row of each open row
+        done = [False] * n
+        out: List[List[int]] = [[] for _ in range(n)]
+        mask = torch.cat([past_mask, torch.ones_like(last)], dim=1).to(dev)
+        pos = past_mask.sum(dim=1, keepdim=True).to(dev)
+        tok = last.to(dev)
+        kw: Dict[str, Any] = {self._cache_kw: cache}
+        if self._keeps_logits:
+            kw["logits_to_keep"] = 1
+        with torch.inference_mode():
+            for _ in range(self.max_new_tokens):
+                logits = self.model(input_ids=tok, attention_mask=mask, position_ids=pos, use_cache=True,
+                                    **kw).logits[:, -1, :]
+                nxt = logits.argmax(dim=-1)
+                for j, t in enumerate(nxt.tolist()):
+                    if not done[j]:
+                        out[rows[j]].append(t)
+                        done[j] = t in stops
+                n_done = sum(done)
+                if n_done == len(rows):
+                    break
+                if n_done and n_done * 4 >= len(rows):
+                    keep = [j for j, d in enumerate(done) if not d]
+                    index = torch.tensor(keep, dtype=torch.long, device=dev)
+                    for layer in cache.layers:
+                        layer.keep_rows(index)
+                    rows = [rows[j] for j in keep]
+                    done = [False] * len(keep)
+                    mask, pos, nxt = mask[index], pos[index], nxt[index]
+                tok = nxt[:, None]
+                mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
+                pos = pos + 1
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def _run_generate(self, input_ids, attention, cache=None) -> List[str]:
         """``model.generate`` (seeded when sampling) from ``input_ids`` (+ a pre-filled cache of all
