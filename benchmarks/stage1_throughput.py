@@ -13,7 +13,7 @@ project's own ``intent.prompts.build_prompt`` and template; the first ``--n`` pr
 A variant is ``dtype:threads:sharing:batch`` (threads ``auto`` = all cores; sharing ``plain`` = one
 left-padded ``generate`` per batch, ``tree`` = prefix-tree prefill + ``generate`` from the cache,
 ``shared`` = prefix-tree prefill + the backend's in-place greedy loop, the default). Each runs the prompts through ``answer_prompts`` (fresh answer cache, chunks of the
-backend's ``prompts_per_call``) after a short warm-up, best of ``--reps``, and reports prompts/s,
+backend's ``prompts_per_call``) after a short warm-up, best of ``--reps`` (variants alternating), variants alternating, and reports prompts/s,
 prefill tokens computed against prompt tokens (what prefix sharing saves; the plain path's figure
 includes padding), prefill tokens/s (prompt tokens / s, decode included in the time: an upper bound
 on what the prefill alone costs), its share of the matmul limit (a 2048^2 matmul of the fastest
@@ -137,30 +137,38 @@ class _Counting:
         return out
 
 
-def run_variant(v, prompts, args, tmp, tv):
+def run_variants(variants, prompts, args, tmp, tv):
+    """All variants' backends loaded first, then the reps round-robin (variant 1, 2, ..., 1, 2, ...),
+    best of ``--reps`` each: on a shared machine the load drifts, and alternating spreads it over all
+    variants instead of penalising whichever ran during a busy minute."""
     from recbole_llm4sbr.intent.backends.transformers_backend import resolve_num_threads
     from recbole_llm4sbr.intent.cache import AnswerCache
     from recbole_llm4sbr.intent.generation import answer_prompts
 
-    t = time.perf_counter()
-    backend = make_backend(v, args)
-    load_s = time.perf_counter() - t
-    try:
+    results = []
+    for v in variants:
+        t = time.perf_counter()
+        backend = make_backend(v, args)
+        results.append(dict(v, backend=backend, threads_n=resolve_num_threads(v["threads"]),
+                            load_s=time.perf_counter() - t, wall_s=float("inf")))
         backend.generate(prompts[-4:])  # warm-up
-        best, answers, counted = float("inf"), None, None
+    try:
         for rep in range(args.reps):
-            c = _Counting(backend)
-            with AnswerCache(tmp / f"{id(v)}-{rep}.sqlite", backend.describe(), tv) as cache:
-                t, cpu = time.perf_counter(), time.process_time()
-                got, _ = answer_prompts(c, prompts, cache, v["batch"], progress=False)
-                wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-            if wall < best:
-                best, best_cpu, answers, counted = wall, cpu, got, c
+            for k, r in enumerate(results):
+                c = _Counting(r["backend"])
+                with AnswerCache(tmp / f"v{k}-{rep}.sqlite", r["backend"].describe(), tv) as cache:
+                    t, cpu = time.perf_counter(), time.process_time()
+                    got, _ = answer_prompts(c, prompts, cache, r["batch"], progress=False)
+                    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+                print(f"  rep {rep + 1} {r['text']}: {wall:.1f} s (cpu {cpu:.1f} s), prefill computed "
+                      f"{c.computed} of {c.prompt_tokens} prompt tokens; load {load_average()}", flush=True)
+                if wall < r["wall_s"]:
+                    r.update(wall_s=wall, cpu_s=cpu, prompts_per_s=len(prompts) / wall, answers=got,
+                             prompt_tokens=c.prompt_tokens, computed=c.computed, load=load_average())
     finally:
-        backend.close()
-    return dict(v, threads_n=resolve_num_threads(v["threads"]), load_s=load_s, wall_s=best, cpu_s=best_cpu,
-                prompts_per_s=len(prompts) / best, prompt_tokens=counted.prompt_tokens,
-                computed=counted.computed, answers=answers, load=load_average())
+        for r in results:
+            r.pop("backend").close()
+    return results
 
 
 def profile(prompts, args):
@@ -228,7 +236,7 @@ def main(argv=None):
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of dtype:threads:sharing:batch")
     ap.add_argument("--per-call", type=int, default=256, help="intent_prompts_per_call")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="profile the plain path instead")
     ap.add_argument("--profile-batches", default="16,32,64,128")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stage1_throughput.txt"))
@@ -277,21 +285,21 @@ def main(argv=None):
     skipped = []
     with tempfile.TemporaryDirectory(prefix="llm4sbr-tput-") as d:
         tmp = Path(d)
-        for text in [x for x in args.variants.split(",") if x.strip()]:
-            v = parse_variant(text.strip())
+        variants = []
+        for text in [x.strip() for x in args.variants.split(",") if x.strip()]:
+            v = dict(parse_variant(text), text=text)
             if v["dtype"] in ("bfloat16", "bf16") and not cpu_has_fast_bf16():
                 skipped.append(f"{text}: skipped, this CPU has no amx_bf16/avx512_bf16 (bf16 emulated: "
                                f"{matmul_gflops('bfloat16', 1, 512):.1f} GFLOP/s at 512^2, 1 thread)")
                 print(skipped[-1], flush=True)
                 continue
-            r = run_variant(v, prompts, args, tmp, template_version(template))
+            variants.append(v)
+        rows = run_variants(variants, prompts, args, tmp, template_version(template))
+        for r in rows:
             key = r["threads_n"]
             if key not in limits:
                 dts = ["float32"] + (["bfloat16"] if cpu_has_fast_bf16() else [])
                 limits[key] = max((matmul_gflops(dt, key), dt) for dt in dts)
-            rows.append(r)
-            print(f"{text}: {r['prompts_per_s']:.2f} prompts/s ({r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s), prefill computed "
-                  f"{r['computed']} of {r['prompt_tokens']} prompt tokens; load {r['load']}", flush=True)
 
     ref = rows[0]["answers"] if rows else None
     table = ["",

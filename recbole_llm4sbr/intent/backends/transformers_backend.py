@@ -44,6 +44,7 @@ import functools
 import importlib.util
 import inspect
 import os
+import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .base import Backend
@@ -436,7 +437,9 @@ class TransformersBackend(Backend):
         dev = self.device
         # the tree over all tokens but the last: generate() needs one input token per row
         heads = [ids[:-1] for ids in encoded]
+        t_start = time.perf_counter()
         nodes, end = prefix_tree(heads)
+        total = 1 + sum(len(node.tokens) for node in nodes)  # flat rows, row 0 the padding
         # flat store: per layer keys/values [tokens, kv_heads, head_dim]; row 0 stays zero (padding)
         store_k: List[Any] = []
         store_v: List[Any] = []
@@ -504,22 +507,21 @@ class TransformersBackend(Backend):
                     computed += len(batch) * width
                     keep = own.reshape(-1).bool().to(dev)
                     n_new = int(own.sum())
-                    if not store_k:  # zero row 0 = the padding key/value
+                    if not store_k:  # allocated once: every node's tokens + the zero padding row 0
                         for k, v in new:
-                            store_k.append(torch.zeros((1, k.shape[1], k.shape[3]), dtype=k.dtype, device=dev))
-                            store_v.append(torch.zeros((1, v.shape[1], v.shape[3]), dtype=v.dtype, device=dev))
+                            store_k.append(torch.zeros((total, k.shape[1], k.shape[3]), dtype=k.dtype, device=dev))
+                            store_v.append(torch.zeros((total, v.shape[1], v.shape[3]), dtype=v.dtype, device=dev))
                     for layer, (k, v) in enumerate(new):
-                        fk = k.transpose(1, 2).reshape(-1, k.shape[1], k.shape[3])[keep]
-                        fv = v.transpose(1, 2).reshape(-1, v.shape[1], v.shape[3])[keep]
-                        store_k[layer] = torch.cat([store_k[layer], fk])
-                        store_v[layer] = torch.cat([store_v[layer], fv])
+                        store_k[layer][n_flat:n_flat + n_new] = k.transpose(1, 2).reshape(-1, k.shape[1], k.shape[3])[keep]
+                        store_v[layer][n_flat:n_flat + n_new] = v.transpose(1, 2).reshape(-1, v.shape[1], v.shape[3])[keep]
                     for r, i in enumerate(batch):
                         parent = paths[nodes[i].parent] if nodes[i].parent >= 0 else []
                         paths[i] = parent + list(range(n_flat, n_flat + len(nodes[i].tokens)))
                         n_flat += len(nodes[i].tokens)
                     # rows were appended in batch order, so the running counter matches
             self.last_prefill = {"prompt_tokens": sum(map(len, encoded)),
-                                 "computed_tokens": computed + len(encoded)}  # + each last token
+                                 "computed_tokens": computed + len(encoded),  # + each last token
+                                 "prefill_s": time.perf_counter() - t_start}
 
             # decode: batches of similar path length, each from its rows' gathered cache
             order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
@@ -543,6 +545,7 @@ class TransformersBackend(Backend):
                     texts = self._run_generate(input_ids.to(dev), mask.to(dev), cache)
                 for i, text in zip(idx, texts):
                     answers[i] = text
+        self.last_prefill["decode_s"] = time.perf_counter() - t_start - self.last_prefill["prefill_s"]
         return answers
 
     def _greedy_decode(self, past: List[Tuple[Any, Any]], past_mask, last) -> List[str]:
