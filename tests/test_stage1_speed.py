@@ -60,9 +60,14 @@ def test_auto_dtype_reaches_describe(flags, tiny_chat_model):
 
 def test_num_threads_resolution(monkeypatch):
     monkeypatch.setattr(tb, "_usable_cores", lambda: 6)
-    assert resolve_num_threads("auto") == 6
+    monkeypatch.setattr(tb, "_busy_cores", lambda: 0.2)
+    assert resolve_num_threads("auto") == 6  # an idle machine: every core
     assert resolve_num_threads(None) == 6
-    assert resolve_num_threads(3) == 3
+    monkeypatch.setattr(tb, "_busy_cores", lambda: 2.6)
+    assert resolve_num_threads("auto") == 3  # the cores others are not using
+    monkeypatch.setattr(tb, "_busy_cores", lambda: 9.0)
+    assert resolve_num_threads("auto") == 1  # oversubscribed: one thread, never zero
+    assert resolve_num_threads(3) == 3  # a count is taken as given
     with pytest.raises(ValueError, match="intent_num_threads"):
         resolve_num_threads(-2)
     with pytest.raises(ValueError, match="intent_num_threads"):

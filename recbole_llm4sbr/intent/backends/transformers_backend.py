@@ -29,9 +29,10 @@ Settings read: ``intent_model``, ``intent_max_tokens``, ``intent_temperature``, 
   ``avx512_bf16`` in /proc/cpuinfo: there bf16 matmuls are several times faster than float32),
   else float32 (without them bf16 is emulated and slower). The resolved dtype is in ``describe()``,
   hence in the answer-cache key: bf16 answers may differ from float32 ones at near-ties.
-* ``intent_num_threads`` (auto|N, default auto = every core this process may run on): torch threads
-  while generating, set for each call and restored after, so stage 1 uses the whole CPU whatever
-  ``torch_num_threads`` (training's setting, often 1) says.
+* ``intent_num_threads`` (auto|N, default auto = the usable cores not already busy, i.e. minus the
+  1-minute load average, at least 1): torch threads while generating, set for each call and
+  restored after, so stage 1 uses the idle cores whatever ``torch_num_threads`` (training's
+  setting, often 1) says.
 * ``intent_prefix_sharing`` (default True): the prefix-tree prefill above; False = one left-padded
   ``generate`` per batch.
 * ``intent_prompts_per_call`` (default 256): prompts ``answer_prompts`` hands over per call (more than
@@ -122,11 +123,24 @@ def _usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def _busy_cores() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):  # no load average (Windows)
+        return 0.0
+
+
 def resolve_num_threads(requested: Any) -> int:
-    """``intent_num_threads``: auto (or empty) = every core this process may use, else a count >= 1."""
+    """``intent_num_threads``: a count >= 1, or auto (or empty) = the usable cores not already busy
+    (usable cores minus the 1-minute load average, rounded, at least 1), read when the backend starts.
+
+    Not simply all cores: measured on a 2-core VM (benchmarks/results/stage1_throughput.txt), 2
+    threads ran SmolLM2 1.8x faster than 1 while the machine was otherwise idle, and 1.6-3.4x SLOWER
+    (CPU time tripled: threads wait for a core another process holds) when it was not."""
     req = str(requested if requested is not None else "auto").strip().lower()
     if req in ("", "auto", "none", "0"):
-        return _usable_cores()
+        cores = _usable_cores()
+        return max(1, min(cores, cores - int(round(_busy_cores()))))
     try:
         n = int(req)
     except ValueError:
