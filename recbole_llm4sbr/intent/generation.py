@@ -53,6 +53,16 @@ def chunk_size(backend: Backend, batch_size: int) -> int:
     return max(n, own)
 
 
+def send_order(prompts: Sequence[str]) -> List[str]:
+    """The order prompts are sent in: by text. Prompts that share a beginning are then neighbours
+    (the views of one prefix differ only in the qualifier near the end; with every-prefix datasets
+    prefix k+1's prompt extends prefix k's up to its last item line), so they land in the same
+    chunk, where the transformers backend prefills their common tokens once (and vLLM's prefix
+    cache finds them warm). Lengths are not sorted here any more: a padding backend sorts its own
+    call by length before cutting batches, and a call holds many batches (``prompts_per_call``)."""
+    return sorted(prompts)
+
+
 def answer_prompts(
     backend: Backend,
     prompts: Sequence[str],
@@ -63,7 +73,7 @@ def answer_prompts(
 ) -> Tuple[List[Optional[str]], GenerationStats]:
     """One answer per prompt, in order; ``None`` where the backend failed twice (never silently: the
     failures are counted and logged). Identical prompts are sent once; cached ones are not sent; the
-    rest go shortest first in chunks of ``batch_size`` prompts (or the backend's ``prompts_per_call``
+    rest go in :func:`send_order` (sharing prompts side by side) in chunks of ``batch_size`` prompts (or the backend's ``prompts_per_call``
     when larger, see :func:`chunk_size`), each committed to the cache as soon as it is answered."""
     log = logger or _log
     start = time.perf_counter()
@@ -75,10 +85,9 @@ def answer_prompts(
     stats.unique = len(unique)
     answers: Dict[str, str] = cache.lookup(unique)
     stats.from_cache = len(answers)
-    # shortest first: a chunk then holds prompts of similar length, so a padding backend
-    # (transformers) pads about as little as over one call with all of them (answers are keyed by
-    # prompt, so the order sent never matters)
-    missing = sorted((p for p in unique if p not in answers), key=len)
+    # prompts sharing a beginning side by side (send_order); answers are keyed by prompt, so the
+    # order sent never changes which answer a prompt gets
+    missing = send_order([p for p in unique if p not in answers])
     stats.sent = len(missing)
     per_call = chunk_size(backend, batch_size)
 
