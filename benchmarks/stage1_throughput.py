@@ -318,7 +318,7 @@ def main(argv=None):
                      f"{r['prompts_per_s']:.2f} | {len(ref) / r['cpu_s']:.2f} | {r['prompt_tokens']} | {r['computed']} | "
                      f"{100 * (1 - r['computed'] / max(1, r['prompt_tokens'])):.0f} % | {tok_s:.0f} | "
                      f"{pct:.0f} % | {changed}/{len(ref)} | {r['load'].split()[0]} |")
-    notes = [f"matmul limit (2048^2, best dtype, same threads): "
+    notes = ["matmul limit (2048^2, best dtype, same threads): "
              + ", ".join(f"{k} threads {g:.0f} GFLOP/s ({dt})" for k, (g, dt) in sorted(limits.items()))]
     notes += skipped
     notes.append("% of matmul limit = prefill tokens computed x 0.27 GFLOP / wall (decode included in the "

@@ -527,7 +527,7 @@ class TransformersBackend(Backend):
                     for layer, (k, v) in enumerate(new):
                         store_k[layer][n_flat:n_flat + n_new] = k.transpose(1, 2).reshape(-1, k.shape[1], k.shape[3])[keep]
                         store_v[layer][n_flat:n_flat + n_new] = v.transpose(1, 2).reshape(-1, v.shape[1], v.shape[3])[keep]
-                    for r, i in enumerate(batch):
+                    for i in batch:
                         parent = paths[nodes[i].parent] if nodes[i].parent >= 0 else []
                         paths[i] = parent + list(range(n_flat, n_flat + len(nodes[i].tokens)))
                         n_flat += len(nodes[i].tokens)
