@@ -149,7 +149,9 @@ def test_attribution_variants_config_and_digests():
     assert variant_config("shuffled", user) == {**user, "intent_control": "shuffled"}
     assert "intent_control" not in variant_config("llm4sbr", user)  # the configured backend, real intents
     assert VARIANTS["arch"].model("GRU4Rec") == VARIANTS["shuffled"].model("GRU4Rec") == "LLM4SBR_GRU4Rec"
-    names = ["base", "llm4sbr", "text", "arch", "shuffled", "no_au"]
+    # NARM's pairing question (README "Fidelity"): the same views, paired the other way round
+    assert variant_config("swapped", user)["view_behaviour"] == {"long": "local", "short": "global"}
+    names = ["base", "llm4sbr", "text", "arch", "shuffled", "swapped", "no_au"]
     bench = Benchmark("ds", ["GRU4Rec"], names, [1], user, "unused", protocol="paper")
     assert len({c.digest for c in bench.plan()}) == len(names)
     assert bench.config_dict(bench.plan()[3])["intent_control"] == "constant"

@@ -1,5 +1,5 @@
 """``python run_recbole_llm4sbr.py --benchmark --dataset=<ds> --base_models=SRGNN,GRU4Rec --seeds=3
-[--variants=llm4sbr,text,arch,shuffled,no_au,no_long,no_short,no_loc,r0,r1,r3,r5] [--results_dir=results]
+[--variants=llm4sbr,text,arch,shuffled,swapped,no_au,no_long,no_short,no_loc,r0,r1,r3,r5] [--results_dir=results]
 [--protocol=fair|paper] [--grid_learning_rate=0.001,0.0003 --grid_lr_step_size=0,3]
 [--config_files=...] [--report_only] [--debug] [--key=value ...]``
 
@@ -18,7 +18,7 @@ key) fixes it; ``--epochs=N`` sets the cap. paper: the paper's schedule (lr 1e-3
 
 Variants: base (without LLM), llm4sbr (full; intent backend as configured), text (LLM-free text
 intents), arch (architecture only: one constant intent), shuffled (the intent table's rows in a fixed
-permutation), no_au (without alignment-uniformity), no_long / no_short (without that view), no_loc
+permutation), swapped (the views paired the other way round), no_au (without alignment-uniformity), no_long / no_short (without that view), no_loc
 (without localization), r0 / r1 / r3 / r5 (intent_topr).
 """
 from __future__ import annotations

@@ -34,6 +34,8 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant("arch", True, "architecture only (one constant intent)", {"intent_control": "constant"}),
     Variant("shuffled", True, "shuffled intents (a fixed permutation of the table rows)",
             {"intent_control": "shuffled"}),
+    Variant("swapped", True, "views paired the other way (long-term intent with the local view)",
+            {"view_behaviour": {"long": "local", "short": "global"}}),
     Variant("no_au", True, "without alignment-uniformity", {"au_weight": 0.0}),
     Variant("no_long", True, "without the long-term view", {"llm4sbr_views": ["short"]}),
     Variant("no_short", True, "without the short-term view", {"llm4sbr_views": ["long"]}),
