@@ -187,8 +187,8 @@ RULES: Dict[str, Rule] = {
     "semantic_at_inference": flag(),
     "semantic_pred_weight": real(0, example="0.0"),
     "intent_control": choice("none", "constant", "shuffled"),
-    "intent_shuffle_seed": integer(example="0"),
-    "intent_dropout": real(0, 1, example="0.0"),
+    "intent_shuffle_seed": integer(0, example="0"),
+    "intent_dropout": Rule(real(0, 1).check, "a probability in [0, 1]", "0.0"),
 }
 
 

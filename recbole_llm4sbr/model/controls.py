@@ -28,9 +28,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from recbole_llm4sbr.errors import ConfigError
-
-CONTROLS = ("none", "constant", "shuffled")
+from recbole_llm4sbr.validation import validate
 
 
 @dataclass(frozen=True)
@@ -41,31 +39,14 @@ class IntentControl:
 
     @classmethod
     def from_config(cls, config) -> "IntentControl":
-        """The three keys from a RecBole config (missing = default); ConfigError on a bad value."""
-        mode = config["intent_control"]
+        """The three keys from a RecBole config (missing = default); ConfigError on a bad value (the
+        rules of ``recbole_llm4sbr.validation``, the same ones the config was built with)."""
+        keys = ("intent_control", "intent_shuffle_seed", "intent_dropout")
+        validate({key: config[key] for key in keys})
+        mode, seed, dropout = (config[key] for key in keys)
         mode = "none" if mode is None else str(mode).strip().lower()
-        if mode not in CONTROLS:
-            raise ConfigError(
-                f"intent_control = {config['intent_control']!r}; allowed values: {', '.join(CONTROLS)}. "
-                "Fix: --intent_control=none (or constant, shuffled).")
-        seed = config["intent_shuffle_seed"]
         seed = 0 if seed is None else seed
-        try:
-            ok = not isinstance(seed, (bool, float)) and int(seed) >= 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(
-                f"intent_shuffle_seed = {seed!r}; allowed values: an integer >= 0. Fix: --intent_shuffle_seed=0.")
-        dropout = config["intent_dropout"]
         dropout = 0.0 if dropout is None else dropout
-        try:
-            ok = not isinstance(dropout, bool) and 0.0 <= float(dropout) <= 1.0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(
-                f"intent_dropout = {dropout!r}; allowed values: a probability in [0, 1]. Fix: --intent_dropout=0.0.")
         return cls(mode, int(seed), float(dropout))
 
 
