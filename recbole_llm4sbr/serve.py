@@ -59,10 +59,6 @@ class Recommendation:
                 "intents": self.intents, "intent_source": self.intent_source}
 
 
-def _is_llm4sbr(model_name: str) -> bool:
-    return is_wrapped(str(model_name))
-
-
 class ServedModel:
     """A checkpoint loaded for serving: config, dataset (item vocabulary), model in eval mode."""
 
@@ -89,7 +85,7 @@ class ServedModel:
         config = state["config"]
         self.path = path
         self.model_name = str(config["model"])
-        llm4sbr = _is_llm4sbr(self.model_name)
+        llm4sbr = is_wrapped(self.model_name)
         from recbole_llm4sbr.model.wrapper import as_flag
 
         self.semantic = llm4sbr and as_flag(config["semantic_at_inference"], default=True)
