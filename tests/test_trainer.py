@@ -32,6 +32,19 @@ def test_step_decay_per_epoch_without_scheduler_warning(tmp_path, step, gamma):
     assert len(trainer.epoch_times) == 4 and all(t > 0 for t in trainer.epoch_times)
 
 
+def test_a_tie_with_the_best_validation_score_is_no_gain(tmp_path):
+    # an lr too small to move float32 weights: every epoch's validation score equals the first's.
+    # RecBole alone (ties count as gains) would train all 20 epochs and keep the last as the best.
+    write_tiny_dataset(tmp_path)
+    config = make_config("GRU4Rec", "tiny", read_cmd_line=False, config_dict=settings(
+        tmp_path, epochs=20, stopping_step=2, learning_rate=1e-30))
+    _, (train, valid, _), _, trainer = build(config)
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    assert len(trainer.epoch_times) == 4  # epoch 0 sets the best, ties at 1, 2, 3 use up the patience
+    assert [e for e, _ in trainer.saves] == [0]
+    assert trainer.best_valid_result is not None
+
+
 def test_capture_run_per_sample_outcomes_match_recbole(tmp_path):
     write_tiny_dataset(tmp_path)
     with capture_run() as run:

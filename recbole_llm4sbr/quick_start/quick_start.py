@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import math
 import os
 import sys
 import time
@@ -76,6 +77,8 @@ def plugin_trainer(trainer_class):
       which RecBole 1.2.1 has no setting for: epoch ``e`` trains with ``learning_rate * lr_gamma **
       (e // lr_step_size)``, set from the epoch index (so ``resume`` continues the schedule, and no
       torch scheduler warns about its call order). ``lr_step_size: 0`` keeps the optimizer's lr;
+    * early stopping that counts a tie with the best validation score as no gain (RecBole's counts
+      it as a gain, so a run whose score stopped moving trained to the cap);
     * what a benchmark measures, recorded by the trainer itself: ``epoch_times`` and ``epoch_lrs``
       (per training epoch), ``fit_time_s``, ``saves`` (``(epoch, seconds since fit start)`` of every
       checkpoint written, so the last one is the kept best epoch);
@@ -121,6 +124,20 @@ def plugin_trainer(trainer_class):
                 return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
             finally:
                 self.epoch_times.append(time.perf_counter() - start)
+
+        def _valid_epoch(self, *args, **kwargs):
+            score, result = super()._valid_epoch(*args, **kwargs)
+            return self._tie_is_no_gain(score), result
+
+        def _tie_is_no_gain(self, score: float) -> float:
+            """RecBole's ``early_stopping`` counts a score equal to the best as a gain (``>=``): a run
+            whose score stops moving (the step decay has driven the lr to ~0) never runs out of
+            patience, trains to the epoch cap and reports the cap as its best epoch. A tie is handed
+            to it as the next float on the worse side, so patience runs out and the first of the
+            tied epochs stays the best one (logged values are unchanged at any printed precision)."""
+            if score == self.best_valid_score:
+                return math.nextafter(score, -math.inf if self.valid_metric_bigger else math.inf)
+            return score
 
         def _set_epoch_lr(self, epoch_idx: int) -> float:
             step = int(self.config["lr_step_size"] or 0)
