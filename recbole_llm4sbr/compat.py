@@ -2,7 +2,9 @@
 
 RecBole 1.2.1 (the latest release) predates numpy 2, pandas 3 and torch >= 2.6. ``apply()`` runs
 once, before any RecBole module is imported (``recbole_llm4sbr/__init__`` calls it). Each shim says
-what breaks without it; ``tests/test_compat.py`` has one test per shim that fails if it is removed.
+what breaks without it; ``tests/test_compat.py`` has one test per shim that fails if it is removed
+(the two distributed shims, ``cpu_rank_device`` and ``ddp_for_any_device``, are used by
+``quick_start.distributed`` only and tested by ``tests/test_distributed.py``).
 
 Not a shim but a rule: never import ``recbole.quick_start``. It is the only RecBole module that
 imports ray 2.6.3, which fails on setuptools >= 81 (``No module named 'pkg_resources'``) and then on
@@ -57,6 +59,93 @@ def full_checkpoint_load():
             os.environ.pop(key, None)
         else:
             os.environ[key] = before
+
+
+def cpu_rank_device(final_config_dict) -> bool:
+    """A rank's device on the CPU; False (RecBole's own setup runs) on GPUs.
+
+    RecBole's ``Config._init_device`` for a rank (``local_rank`` set) asserts that ``gpu_id`` lists
+    ``nproc`` GPUs, hard-codes ``init_process_group(backend="nccl")``, the device ``cuda:<local_rank>``
+    and ``torch.cuda.set_device``: a CPU rank dies on the assert (``gpu_id: ''``) or in NCCL. On the
+    CPU (``gpu_id`` empty or no CUDA) this takes the same steps with gloo and the CPU device: rank
+    ``local_rank + offset`` of ``world_size`` at ``tcp://ip:port``, ``single_spec`` False, and ranks
+    other than 0 quiet (``state: error``, no progress bars), as RecBole does for its GPU ranks.
+    """
+    import torch
+
+    config = final_config_dict
+    if "local_rank" not in config:
+        return False
+    gpu_id = config["gpu_id"]
+    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+    config["gpu_id"] = gpu_id
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+    if gpu_id and torch.cuda.is_available():
+        return False
+    local_rank = int(config["local_rank"])
+    torch.distributed.init_process_group(
+        backend="gloo", rank=local_rank + int(config["offset"]), world_size=int(config["world_size"]),
+        init_method=f"tcp://{config['ip']}:{config['port']}")
+    config["device"] = torch.device("cpu")
+    config["single_spec"] = False
+    if local_rank != 0:
+        config["state"] = "error"
+        config["show_progress"] = False
+        config["verbose"] = False
+    return True
+
+
+def rank_local_buffers(module, prefixes) -> set:
+    """Names (DDP's dotted form) of ``module``'s buffers whose own name starts with one of
+    ``prefixes``: state every rank rebuilds from the same files, that DDP must neither broadcast when
+    it wraps the model nor sync before every forward."""
+    names = set()
+    for owner, sub in module.named_modules():
+        for name, _ in sub.named_buffers(recurse=False):
+            if name.startswith(tuple(prefixes)):
+                names.add(f"{owner}.{name}" if owner else name)
+    return names
+
+
+@contextlib.contextmanager
+def ddp_for_any_device(rank_local_prefixes=()):
+    """Around a RecBole trainer's ``__init__`` in a rank only.
+
+    ``AbstractTrainer.__init__`` wraps the model as ``DistributedDataParallel(model,
+    device_ids=[local_rank])`` after ``SyncBatchNorm.convert_sync_batchnorm``. On the CPU torch refuses
+    the first ("device_ids and output_device arguments only work with single-device/multiple-device
+    GPU modules") and SyncBatchNorm's forward needs a GPU. Inside this block the wrap passes
+    ``device_ids`` only for a CUDA model, the conversion is skipped for a CPU model (each CPU rank keeps
+    its own BatchNorm, whose running statistics DDP broadcasts from rank 0 as buffers), and the buffers
+    named by ``rank_local_buffers(model, rank_local_prefixes)`` are left out of DDP's buffer sync
+    (``_ddp_params_and_buffers_to_ignore``): the stage-1 intent tables are large and identical on every
+    rank. Restored on the way out.
+    """
+    import torch
+    from recbole.trainer import trainer as recbole_trainer
+
+    real_ddp = recbole_trainer.DistributedDataParallel
+    real_convert = torch.nn.SyncBatchNorm.__dict__["convert_sync_batchnorm"]
+
+    def on_cuda(module):
+        return any(p.is_cuda for p in module.parameters())
+
+    def convert(cls, module, process_group=None):
+        return real_convert.__func__(cls, module, process_group) if on_cuda(module) else module
+
+    def wrap(module, device_ids=None, **kwargs):
+        ignore = set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
+        ignore |= rank_local_buffers(module, rank_local_prefixes)
+        real_ddp._set_params_and_buffers_to_ignore_for_model(module, ignore)
+        return real_ddp(module, device_ids=device_ids if on_cuda(module) else None, **kwargs)
+
+    recbole_trainer.DistributedDataParallel = wrap
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm = classmethod(convert)
+    try:
+        yield
+    finally:
+        recbole_trainer.DistributedDataParallel = real_ddp
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm = real_convert
 
 
 def quiet_known_warnings() -> None:

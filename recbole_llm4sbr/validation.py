@@ -146,6 +146,13 @@ RULES: Dict[str, Rule] = {
     "torch_num_threads": NON_NEGATIVE,
     "lr_step_size": integer(0, example="3"),
     "lr_gamma": real(0, 1, low_open=True, example="0.1"),
+    # distributed stage 2 (RecBole's keys; quick_start.distributed checks how they fit together)
+    "nproc": integer(1, example="2"),
+    "world_size": Rule(lambda v: _number(v, int) is not None and (_number(v, int) == -1 or _number(v, int) >= 1),
+                       "-1 (= nproc) or an integer >= 1", "-1"),
+    "offset": integer(0, example="0"),
+    "ip": text(),
+    "port": integer(1, 65535, example="5678"),
     # stage 1 (properties/overall.yaml)
     "intent_backend": text(),  # and a registered name: intent.backends.check_backend_name
     "intent_model": text(),

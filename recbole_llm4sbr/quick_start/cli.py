@@ -5,6 +5,10 @@ As RecBole's ``run_recbole.py``: any other ``--key=value`` overrides a config ke
   --eval_only --checkpoint=saved/X.pth   test a saved checkpoint, no training (model and dataset
                                          default to the checkpoint's; pass the settings it was trained with)
   --resume=saved/X.pth                   continue training from a checkpoint (RecBole's resume_checkpoint)
+  --nproc=N [--port=P]                   train on N processes with RecBole's DDP (gloo on the CPU; nccl
+                                         with --gpu_id=0,1,...); data and stage 1 once, the best
+                                         checkpoint tested in one process. Several machines: also
+                                         --world_size, --offset, --ip (README "Scaling out")
   --benchmark ...                        stock vs LLM4SBR over bases, variants and seeds
                                          (``run_recbole_llm4sbr.py --benchmark --help``)
   --debug                                a traceback instead of the one-line error

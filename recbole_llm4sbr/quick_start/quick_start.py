@@ -5,7 +5,10 @@ breaks on today's stack), plus the data preparation the plugin owns: the default
 converted on first use and, for LLM4SBR models, stage 1 runs when its table is missing or stale.
 Beyond RecBole: ``eval_only`` + ``checkpoint`` tests a saved checkpoint without training, ``resume``
 continues training from one (``Trainer.resume_checkpoint``), and ``capture_run()`` hands a caller
-the objects one run built (the benchmark measures cost through it; nothing is patched).
+the objects one run built (the benchmark measures cost through it; nothing is patched). ``nproc > 1``
+(or a ``world_size`` over machines) trains on that many processes with RecBole's DDP code
+(``quick_start.distributed``): data and stage 1 here, training in the spawned ranks, the test of the
+best checkpoint back here in one process; ``nproc: 1`` is the one-process path, unchanged.
 """
 from __future__ import annotations
 
@@ -24,10 +27,12 @@ from recbole.data import data_preparation
 from recbole.evaluator import Collector
 from recbole.utils import calculate_valid_score, get_trainer, init_logger, init_seed, set_color
 
-from recbole_llm4sbr.compat import full_checkpoint_load
+from recbole_llm4sbr.compat import ddp_for_any_device, full_checkpoint_load
 from recbole_llm4sbr.config import Config
-from recbole_llm4sbr.data.dataset import LLM4SBRDataset
+from recbole_llm4sbr.data.dataset import LLM4SBRDataset, check_benchmark_files
 from recbole_llm4sbr.errors import ConfigError
+from recbole_llm4sbr.quick_start.distributed import (RANK_LOCAL_BUFFERS, RankConfig, RankJob, agree, barrier,
+                                                     global_rank, layout_of, spawn, state_sha1, wants_ranks)
 from recbole_llm4sbr.utils import get_model
 
 DEFAULT_DATASET = "ml-100k-session"
@@ -86,12 +91,20 @@ def plugin_trainer(trainer_class):
       under ``compat.full_checkpoint_load`` (torch >= 2.6's weights-only default refuses RecBole's
       pickled Config), and nowhere else;
     * ``per_sample_outcomes()``: the last evaluation's per-sample Recall/MRR/NDCG@K (a paired
-      bootstrap over test samples), from RecBole's own metric classes.
+      bootstrap over test samples), from RecBole's own metric classes;
+    * in a rank of a distributed run (``single_spec`` False): RecBole's DDP wrap made to work on the
+      CPU and to leave the intent buffers alone (``compat.ddp_for_any_device``), and rank 0's
+      checkpoint name on every rank (each rank's Trainer names its own by the clock).
     """
 
     class PluginTrainer(trainer_class):
         def __init__(self, config, model):
-            super().__init__(config, model)
+            if config["single_spec"]:
+                super().__init__(config, model)
+            else:
+                with ddp_for_any_device(RANK_LOCAL_BUFFERS):
+                    super().__init__(config, model)
+                self.saved_model_file = agree(self.saved_model_file)  # rank 0 names the checkpoint
             self.eval_collector = RecordingCollector(config)
             self.epoch_times, self.epoch_lrs, self.saves = [], [], []
             self.fit_start, self.fit_time_s = None, None
@@ -247,9 +260,10 @@ def build(config):
     return dataset, (train_data, valid_data, test_data), model, trainer
 
 
-def make_config(model=None, dataset=None, config_file_list=None, config_dict=None, read_cmd_line=True):
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
-                    config_dict=config_dict, read_cmd_line=read_cmd_line)
+def make_config(model=None, dataset=None, config_file_list=None, config_dict=None, read_cmd_line=True,
+                config_class=Config):
+    config = config_class(model=model, dataset=dataset, config_file_list=config_file_list,
+                          config_dict=config_dict, read_cmd_line=read_cmd_line)
     init_seed(config["seed"], config["reproducibility"])
     if config["torch_num_threads"]:
         torch.set_num_threads(int(config["torch_num_threads"]))
@@ -303,6 +317,11 @@ def run_recbole_llm4sbr(model=None, dataset=None, config_file_list=None, config_
     ``resume_checkpoint`` (weights, optimizer, epoch, early-stopping state), then training continues
     up to ``epochs`` and overwrites that file with each new best epoch. ``model`` defaults to the
     checkpoint's model.
+
+    ``nproc > 1``: trained on that many processes (``_run_ranks``); the result also has ``ranks``
+    (each rank's report: the checkpoint it loaded, sha1s of its trained and reloaded weights),
+    ``train_loss`` (rank 0's per epoch, its shard) and ``ddp_best_valid_score`` (what early stopping
+    saw); ``best_valid_*`` and ``test_result`` are the one-process evaluation of the best checkpoint.
     """
     if eval_only and not checkpoint:
         raise ConfigError("eval_only needs a checkpoint. Fix: --eval_only --checkpoint=saved/<model>-<time>.pth")
@@ -323,6 +342,8 @@ def run_recbole_llm4sbr(model=None, dataset=None, config_file_list=None, config_
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
+    if not eval_only and wants_ranks(config):
+        return _run_ranks(config, config_file_list, config_dict, read_cmd_line, saved, resume)
     _, (train_data, valid_data, test_data), net, trainer = build(config)
     progress = config["show_progress"]
     if eval_only:
@@ -362,3 +383,72 @@ def run_recbole_llm4sbr(model=None, dataset=None, config_file_list=None, config_
         "per_sample": per_sample,
         "config": config,
     }
+
+
+def _run_ranks(config, config_file_list, config_dict, read_cmd_line, saved, resume) -> dict:
+    """The launcher of ``nproc > 1``: checks the layout, converts the data and builds the stage-1
+    table once, spawns the ranks (``_train_rank``), checks they reloaded one checkpoint, and tests it
+    here in one process with the ``eval_only`` path."""
+    logger = getLogger()
+    layout = layout_of(config)
+    if not saved:
+        raise ConfigError("nproc > 1 trains in other processes; its checkpoint is how the model reaches the "
+                          "test. Fix: saved=True, or nproc 1")
+    if resume:
+        done = int(read_checkpoint(resume)["epoch"]) + 1
+        if done >= int(config["epochs"]):
+            raise ConfigError(f"{resume} already holds epoch {done - 1} and epochs is {config['epochs']}: nothing "
+                              f"left to train. Fix: --epochs=<more than {done}>")
+    prepare_dataset(config, logger)
+    if config["benchmark_filename"]:  # a missing file is one error here, not one per rank
+        check_benchmark_files(config["data_path"], config["dataset"], config["benchmark_filename"])
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)  # RecBole's ensure_dir races between ranks
+    if config["load_intent"]:  # built here once; the ranks find it up to date and only load it
+        from recbole_llm4sbr.data.intents import stage1_settings
+        from recbole_llm4sbr.intent import ensure_intent_table
+
+        ensure_intent_table(stage1_settings(config), logger=logger)
+    overrides = dict(config_dict or {})
+    if read_cmd_line:
+        overrides.update(config.cmd_config_dict)
+    job = RankJob(str(config["model"]), str(config["dataset"]), config_file_list, overrides, layout, resume)
+    logger.info(set_color("distributed", "yellow") + f": ranks {layout.offset}..{layout.offset + layout.nproc - 1} "
+                f"of {layout.world_size} ({layout.backend}, tcp://{layout.ip}:{layout.port})")
+    reports = spawn(_train_rank, job)
+    checkpoints = sorted({r["checkpoint"] for r in reports})
+    if len(checkpoints) != 1:
+        raise RuntimeError(f"the ranks reloaded different checkpoints: {checkpoints}")
+    logger.info(set_color("distributed", "yellow") + f": every rank reloaded {checkpoints[0]}")
+    chief = next((r for r in reports if r["rank"] == 0), None)
+    extra = {"ranks": reports, "model_file": checkpoints[0]}
+    if chief is None:  # another machine holds rank 0 and its checkpoint, and tests it
+        return {"model": config["model"], "test_result": None, "config": config, **extra}
+    single = {**overrides, "nproc": 1, "world_size": -1}
+    result = run_recbole_llm4sbr(config["model"], config["dataset"], config_file_list, single, saved=True,
+                                 read_cmd_line=False, eval_only=True, checkpoint=checkpoints[0])
+    result.update(extra, epoch_times=list(chief["epoch_times"]), train_loss=dict(chief["train_loss"]),
+                  ddp_best_valid_score=chief["best_valid_score"], config=config)
+    return result
+
+
+def _train_rank(local_rank: int, job: RankJob) -> dict:
+    """One rank (``distributed.spawn`` runs it in each process): RecBole's DDP training, a barrier
+    once rank 0 has written the best epoch, then this rank reloads that file; returns its report."""
+    config = make_config(job.model, job.dataset, job.config_file_list, job.config_dict(local_rank),
+                         read_cmd_line=False, config_class=RankConfig)
+    _, (train_data, valid_data, _), net, trainer = build(config)
+    if job.resume:
+        _load_or_explain(lambda: trainer.resume_checkpoint(job.resume), job.resume, config)
+    best_valid_score, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
+    trained = state_sha1(net)
+    barrier()  # rank 0's last save is on disk
+    state = read_checkpoint(trainer.saved_model_file)
+    _load_or_explain(lambda: net.load_state_dict(state["state_dict"]), trainer.saved_model_file, config)
+    net.load_other_parameter(state.get("other_parameter"))
+    report = {"rank": global_rank(), "checkpoint": str(trainer.saved_model_file),
+              "checkpoint_epoch": int(state["epoch"]), "trained_sha1": trained, "loaded_sha1": state_sha1(net)}
+    if report["rank"] == 0:
+        report.update(epoch_times=list(trainer.epoch_times), best_valid_score=float(best_valid_score),
+                      train_loss={int(e): float(v) for e, v in trainer.train_loss_dict.items()},
+                      saves=list(trainer.saves))
+    return report
