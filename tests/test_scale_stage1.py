@@ -275,6 +275,9 @@ OBJECT_STORE = 100 * 1024 ** 2
 @pytest.fixture(scope="module")
 def ray_cluster():
     """Two local nodes of 1 CPU each, loopback only, small object stores; shut down afterwards."""
+    # a single-host cluster: every address on loopback (Ray otherwise turns 127.0.0.1 into this host's
+    # outward IP when a driver connects); read when ray is imported
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
         import ray.data  # noqa: F401
@@ -309,7 +312,7 @@ def test_ray_two_workers_failure_rerun_equals_one_process(ray_cluster, reference
     rec1.mkdir()
     rec2.mkdir()
     plan = write_plan(tf_settings(tmp_path, tiny_chat_model))
-    _, keys, _ = read_plan(plan.folder)
+    _, keys, prompts = read_plan(plan.folder)
     assert set(keys) == set(reference.answers)
     # 0.75 CPU per actor: one actor per node, room left for the read tasks
     st = generate_ray(tf_settings(tmp_path, tiny_chat_model, record_dir=str(rec1), fail_on=FAIL_ON), plan.folder,
@@ -317,7 +320,9 @@ def test_ray_two_workers_failure_rerun_equals_one_process(ray_cluster, reference
     assert 0 < st.failed < plan.planned and st.written + st.failed == plan.planned
     written = blocks_have_no_duplicates(plan.folder)
     assert len(written) == st.written and written < set(keys)
-    assert sorted(recorded(rec1)) == sorted(set(recorded(rec1)))  # no prompt sent twice (retries aside)
+    sent = recorded(rec1)
+    lost = {p for k, p in zip(keys, prompts) if k not in written}
+    assert set(sent) == set(prompts) and {p for p in sent if sent.count(p) > 1} == lost  # one retry, failed ones only
 
     s = tf_settings(tmp_path, tiny_chat_model, record_dir=str(rec2))
     again = write_plan(s)

@@ -17,6 +17,7 @@ stored under keys of another configuration) and that every key is its prompt's.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import time
@@ -197,8 +198,21 @@ def _init_ray(ray, address: Optional[str], log: logging.Logger) -> None:
 
 
 def _plan_dataset(ray, folder, manifest, done):
-    ds = ray.data.read_parquet([str(p) for p in shard_paths(folder, manifest)],
-                               ray_remote_args={"num_cpus": READ_TASK_CPUS})
+    # Ray 2.60's V2 Parquet read adds a ListFiles operator that asks for a whole CPU, ignoring
+    # ray_remote_args: on small nodes whose CPUs the actors hold, it never runs (a deadlock). The V1
+    # read lists on the driver and honours READ_TASK_CPUS; the dataset keeps the context it was made in.
+    ctx = ray.data.DataContext.get_current()
+    v2 = getattr(ctx, "use_datasource_v2", None)
+    if v2 is not None:
+        ctx.use_datasource_v2 = False
+    try:
+        named = "num_cpus" in inspect.signature(ray.data.read_parquet).parameters  # Ray >= 2.60
+        ds = ray.data.read_parquet([str(p) for p in shard_paths(folder, manifest)],
+                                   **({"num_cpus": READ_TASK_CPUS} if named else
+                                      {"ray_remote_args": {"num_cpus": READ_TASK_CPUS}}))
+    finally:
+        if v2 is not None:
+            ctx.use_datasource_v2 = v2
     if done:
         ds = ds.filter(lambda row: row["key"] not in done)
     return ds
