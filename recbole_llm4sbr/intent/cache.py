@@ -5,6 +5,11 @@ SQLite in WAL mode at ``<data_path>/<ds>/intent/answers.sqlite``. The key of an 
 or template can never reuse an old answer, while any table built with the same backend and prompts
 (another topr, encoder or view set) reuses all of them. Every chunk is committed as it arrives: a
 run killed at any point loses at most the chunk in flight.
+
+Keep it on a local disk: WAL mode needs every process that opens the file on ONE host (its shared
+memory index does not work over NFS/SMB). Stage 1 across many workers (``intent/shards.py``) never
+shares it: workers write Parquet blocks (which may live on a network file system) and one process
+``merge``s them in.
 """
 from __future__ import annotations
 
@@ -30,6 +35,19 @@ def answer_key(backend_info: Mapping[str, Any], template_version: str, prompt: s
     return hashlib.sha256(_dumps([backend_info, template_version, prompt]).encode("utf-8")).hexdigest()
 
 
+class AnswerKeys:
+    """``answer_key`` of many prompts under ONE backend description and template, without
+    re-serialising the first two for every prompt (that was nearly all the time of a fully cached
+    rerun). Also what a stage-1 worker keys its blocks with, no database needed."""
+
+    def __init__(self, backend_info: Mapping[str, Any], template_version: str):
+        # answer_key's JSON up to the prompt, serialised once (the same bytes: key() == answer_key())
+        self.head = _dumps([dict(backend_info), template_version])[:-1] + ", "
+
+    def key(self, prompt: str) -> str:
+        return hashlib.sha256((self.head + _dumps(prompt) + "]").encode("utf-8")).hexdigest()
+
+
 class AnswerCache:
     """Answers of ONE backend configuration and template: look up and store by prompt text."""
 
@@ -38,8 +56,7 @@ class AnswerCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.backend_info = dict(backend_info)
         self.template_version = template_version
-        # answer_key's JSON up to the prompt, serialised once (the same bytes: key() == answer_key())
-        self._head = _dumps([self.backend_info, template_version])[:-1] + ", "
+        self._keys = AnswerKeys(self.backend_info, template_version)
         # isolation_level=None: we commit explicitly, one transaction per stored chunk
         self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -48,9 +65,8 @@ class AnswerCache:
         self._db.execute(_SCHEMA)
 
     def key(self, prompt: str) -> str:
-        """``answer_key(backend_info, template_version, prompt)``, without re-serialising the first two
-        for every prompt (that was nearly all the time of a fully cached rerun)."""
-        return hashlib.sha256((self._head + _dumps(prompt) + "]").encode("utf-8")).hexdigest()
+        """``answer_key(backend_info, template_version, prompt)`` (``AnswerKeys``)."""
+        return self._keys.key(prompt)
 
     def lookup(self, prompts: Iterable[str]) -> Dict[str, str]:
         """``{prompt: answer}`` for the prompts already answered."""
@@ -77,6 +93,22 @@ class AnswerCache:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def merge(self, rows: Sequence[Tuple[str, str]]) -> int:
+        """Fold ``(key, answer)`` rows (keys already computed: ``intent/shards.py``'s blocks) in one
+        transaction, ``INSERT OR IGNORE``: an answer already cached is kept, so merging the same
+        block twice, or two blocks that overlap, changes nothing. Returns the rows inserted."""
+        now = time.time()
+        before = self._db.total_changes
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("INSERT OR IGNORE INTO answers (key, answer, created) VALUES (?, ?, ?)",
+                                 [(k, a, now) for k, a in rows])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return self._db.total_changes - before
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])

@@ -137,6 +137,24 @@ def plan_prompts(settings: Mapping[str, Any], inputs: Inputs, rows: PrefixPrompt
     return CallPlan(plan, tplan, asked, [p for k in asked for p in rows.prompts(inputs.prefixes[k])])
 
 
+def plan_llm_prompts(settings: Mapping[str, Any], backend_name: str, logger: Optional[logging.Logger] = None,
+                     progress: bool = False) -> Tuple[List[str], str]:
+    """``(prompts, template)``: what ``build_intent_table`` would send to the LLM for these
+    (normalized) settings, through the same steps, without starting a backend (``intent/shards.py``
+    plans them for many workers). The encoder runs only with ``intent_samples: typical``, whose
+    plan clusters on the catalogue's embeddings."""
+    samples_mode, _ = resolve_samples(settings, backend_name)
+    inputs = read_inputs(settings)
+    rows = PrefixPrompts.from_settings(settings, inputs.texts, prompt_max_items(settings, samples_mode))
+    if samples_mode == "typical":
+        encoder = _Encoder(settings, progress)
+        catalogue = encode_catalogue(inputs.texts, encoder)
+        encoder.free()
+    else:  # every prefix is asked: no embedding is read
+        catalogue = (list(inputs.texts), None)
+    return plan_prompts(settings, inputs, rows, samples_mode, catalogue, logger).prompts, rows.template
+
+
 # ---- the LLM --------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ cleaning and progress are the pipeline's (so every backend gets them for free).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 
 class Backend(ABC):
@@ -26,6 +26,14 @@ class Backend(ABC):
         Recorded in every intent table and hashed into the answer-cache key, so results are never
         mislabelled and a change of model or sampling never reuses old answers.
         """
+
+    @classmethod
+    def describe_settings(cls, settings: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+        """What ``describe()`` of a backend started with ``settings`` will return, computed WITHOUT
+        loading a model (``intent/shards.py``: the plan names every answer-cache key before any
+        worker starts; each worker then checks its engine's ``describe()`` equals it). ``None``: this
+        backend cannot tell before it is started (it cannot be planned)."""
+        return None
 
     @abstractmethod
     def generate(self, prompts: Sequence[str]) -> List[str]:

@@ -31,7 +31,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .base import Backend
@@ -110,6 +110,10 @@ class OpenAIBackend(Backend):
         self._stats_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------
+    @classmethod
+    def describe_settings(cls, settings: Mapping[str, Any]) -> Dict[str, Any]:
+        return cls(dict(settings)).describe()  # the constructor opens no connection
+
     def describe(self) -> Dict[str, Any]:
         sampling: Dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature,
                                     "top_p": self.top_p, "seed": self.seed}

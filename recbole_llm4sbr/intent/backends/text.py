@@ -8,7 +8,7 @@ without a model.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 from .base import Backend
 
@@ -26,6 +26,10 @@ class TextBackend(Backend):
             "model": None,
             "rule": "answer = names of the items listed in the prompt, most recent first, '; '-joined (no LLM)",
         }
+
+    @classmethod
+    def describe_settings(cls, settings: Mapping[str, Any]) -> Dict[str, Any]:
+        return cls(dict(settings)).describe()  # nothing to load
 
     def generate(self, prompts: Sequence[str]) -> List[str]:
         return [self.answer(p) for p in prompts]

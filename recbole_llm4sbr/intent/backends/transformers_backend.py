@@ -46,7 +46,7 @@ import importlib.util
 import inspect
 import os
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .base import Backend
 from ..models import resolve_model
@@ -248,6 +248,49 @@ def _grow_layer_class():
     return _GrowLayer
 
 
+def tokenizer_has_chat_template(resolved: Mapping[str, Any]) -> bool:
+    """Whether the tokenizer of ``resolved`` (a ``resolve_model`` result) has a chat template,
+    loading the tokenizer only (local files, a GGUF file's metadata): for ``describe_settings``."""
+    from transformers import AutoTokenizer
+
+    kw: Dict[str, Any] = dict(local_files_only=True)
+    if resolved.get("gguf_file"):
+        kw["gguf_file"] = resolved["gguf_file"]
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved["tokenizer"], **kw)
+    except OSError as err:
+        raise OSError(f"the tokenizer of {resolved['tokenizer']!r} could not be loaded from local files: {err}") from err
+    return bool(getattr(tok, "chat_template", None))
+
+
+def _description(name: str, model_name: Optional[str], resolved: Mapping[str, Any], max_new_tokens: int,
+                 temperature: float, top_p: float, seed: Optional[int], has_chat_template: bool,
+                 device_type: str, dtype_name: str) -> Dict[str, Any]:
+    """``describe()``'s dict, built in one place for the live backend and ``describe_settings``."""
+    import torch
+
+    sampling: Dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+    if temperature == 0:
+        sampling["strategy"] = "greedy"
+    else:
+        sampling.update(strategy="sample", top_p=top_p, top_k=None, seed=seed)
+    return {
+        "backend": name,
+        "model": model_name,
+        # a packaged model is named by its distribution and version, not by the folder it is
+        # installed in, so the answer cache (keyed by describe()) survives a reinstall elsewhere
+        "model_path": resolved.get("source") or resolved["model"],
+        "gguf_file": resolved["gguf_file"],
+        "alias": resolved["alias"],
+        "chat_template": has_chat_template,
+        "device": device_type,
+        "dtype": dtype_name,
+        "sampling": sampling,
+        "transformers": __import__("transformers").__version__,
+        "torch": torch.__version__,
+    }
+
+
 class TransformersBackend(Backend):
     """``intent_backend: transformers``."""
 
@@ -365,29 +408,24 @@ class TransformersBackend(Backend):
 
     # ------------------------------------------------------------------------------------------
     def describe(self) -> Dict[str, Any]:
-        import torch
+        return _description(self.name, self.model_name, self.resolved, self.max_new_tokens, self.temperature,
+                            self.top_p, self.seed, self.has_chat_template, self.device.type,
+                            str(self.dtype).replace("torch.", ""))
 
-        sampling: Dict[str, Any] = {"max_new_tokens": self.max_new_tokens,
-                                    "temperature": self.temperature}
-        if self.temperature == 0:
-            sampling["strategy"] = "greedy"
-        else:
-            sampling.update(strategy="sample", top_p=self.top_p, top_k=None, seed=self.seed)
-        return {
-            "backend": self.name,
-            "model": self.model_name,
-            # a packaged model is named by its distribution and version, not by the folder it is
-            # installed in, so the answer cache (keyed by describe()) survives a reinstall elsewhere
-            "model_path": self.resolved.get("source") or self.resolved["model"],
-            "gguf_file": self.resolved["gguf_file"],
-            "alias": self.resolved["alias"],
-            "chat_template": self.has_chat_template,
-            "device": self.device.type,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "sampling": sampling,
-            "transformers": __import__("transformers").__version__,
-            "torch": torch.__version__,
-        }
+    @classmethod
+    def describe_settings(cls, settings: Mapping[str, Any]) -> Dict[str, Any]:
+        """``describe()`` from the settings, reading the tokenizer (for its chat template) but never
+        the weights: the same values ``__init__`` derives, through the same helpers."""
+        s = dict(settings)
+        model_name = None if s.get("intent_model") is None else str(s.get("intent_model"))
+        resolved = resolve_model(model_name)
+        top_p = float(s.get("intent_top_p", 1.0) if s.get("intent_top_p") is not None else 1.0)
+        seed = s.get("intent_seed", 2024)
+        device = _pick_device(s.get("intent_device", "auto"))
+        return _description(cls.name, model_name, resolved, int(s.get("intent_max_tokens", 32)),
+                            float(s.get("intent_temperature", 0.0) or 0.0), top_p,
+                            None if seed is None else int(seed), tokenizer_has_chat_template(resolved),
+                            device.type, resolved_dtype_name(s))
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         texts = list(texts)

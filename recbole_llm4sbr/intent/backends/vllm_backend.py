@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .base import Backend
 from ..models import dequantized_hf_folder, resolve_model
@@ -71,6 +71,31 @@ def _model_max_len(folder: str) -> Optional[int]:
     data = data.get("text_config", data)
     value = data.get("max_position_embeddings")
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _description(model_name: Optional[str], resolved: Mapping[str, Any], max_tokens: int, temperature: float,
+                 top_p: float, seed: Optional[int], has_chat_template: bool, dtype: str,
+                 vllm_version: str) -> Dict[str, Any]:
+    """``describe()``'s dict, built in one place for the live backend and ``describe_settings``."""
+    sampling: Dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+    if temperature == 0:
+        sampling["strategy"] = "greedy"
+    else:
+        sampling.update(strategy="sample", top_p=top_p, seed=seed)
+    return {
+        "backend": VLLMBackend.name,
+        "model": model_name,
+        # as the transformers backend: a packaged model by distribution==version, a GGUF file by its
+        # own folder, never the de-quantized cache folder, so the answer cache (keyed by
+        # describe()) does not depend on where things are installed or cached
+        "model_path": resolved.get("source") or resolved["model"],
+        "gguf_file": resolved["gguf_file"],
+        "alias": resolved["alias"],
+        "chat_template": has_chat_template,
+        "dtype": dtype,
+        "sampling": sampling,
+        "vllm": vllm_version,
+    }
 
 
 class VLLMBackend(Backend):
@@ -131,25 +156,26 @@ class VLLMBackend(Backend):
 
     # ------------------------------------------------------------------------------------------
     def describe(self) -> Dict[str, Any]:
-        sampling: Dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature}
-        if self.temperature == 0:
-            sampling["strategy"] = "greedy"
-        else:
-            sampling.update(strategy="sample", top_p=self.top_p, seed=self.seed)
-        return {
-            "backend": self.name,
-            "model": self.model_name,
-            # as the transformers backend: a packaged model by distribution==version, a GGUF file by its
-            # own folder, never the de-quantized cache folder, so the answer cache (keyed by
-            # describe()) does not depend on where things are installed or cached
-            "model_path": self.resolved.get("source") or self.resolved["model"],
-            "gguf_file": self.resolved["gguf_file"],
-            "alias": self.resolved["alias"],
-            "chat_template": self._has_chat_template,
-            "dtype": self.dtype,
-            "sampling": sampling,
-            "vllm": self._vllm_version,
-        }
+        return _description(self.model_name, self.resolved, self.max_tokens, self.temperature, self.top_p,
+                            self.seed, self._has_chat_template, self.dtype, self._vllm_version)
+
+    @classmethod
+    def describe_settings(cls, settings: Mapping[str, Any]) -> Dict[str, Any]:
+        """``describe()`` from the settings: imports vLLM (for its version) and reads the tokenizer
+        (for its chat template; a GGUF file's own, which the de-quantized folder copies), never the
+        weights, and starts no engine."""
+        from .transformers_backend import tokenizer_has_chat_template
+
+        vllm, _, _ = _import_vllm()
+        s = dict(settings)
+        model_name = None if s.get("intent_model") is None else str(s.get("intent_model"))
+        resolved = resolve_model(model_name)
+        top_p = s.get("intent_top_p", 1.0)
+        seed = s.get("intent_seed", 2024)
+        return _description(model_name, resolved, int(s.get("intent_max_tokens", 32)),
+                            float(s.get("intent_temperature", 0.0) or 0.0), 1.0 if top_p is None else float(top_p),
+                            None if seed is None else int(seed), tokenizer_has_chat_template(resolved),
+                            str(s.get("vllm_dtype", "auto") or "auto"), getattr(vllm, "__version__", "?"))
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         return sum(len(self._tokenizer.encode(t, add_special_tokens=False)) for t in texts)
