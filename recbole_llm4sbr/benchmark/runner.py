@@ -716,8 +716,11 @@ class Benchmark:
             claim = self.claim(cell)
             if claim is None:  # finished or being trained by another benchmark process meanwhile
                 continue
-            role = "grid run " + _fmt_setting(dict(cell.setting)) if (
-                self.searched and cell.seed == self.seeds[0]) else _fmt_setting(dict(cell.setting))
+            role = _fmt_setting(dict(cell.setting))
+            if self.reuses(cell.variant):
+                role = f"setting reused from {TUNE_SOURCE}: {role}"
+            elif self.searched and cell.seed == self.seeds[0]:
+                role = "grid run " + role
             position = total - len(self._left()) + 1
             log.info(f"[{position}/{total}] {cell.base} / {cell.variant} / seed {cell.seed}: "
                      f"training {cell.model} ({role})")
