@@ -5,7 +5,7 @@ Trains (or takes) two checkpoints on ``ml-100k-session`` (default):
 * ``semantic``: ``semantic_at_inference: True``, LLM4SBR as in the paper (every session needs its
   intent: a table row, or stage 1 online for a new session);
 * ``llm-free``: ``semantic_at_inference: False`` (EIMF): behaviour-only forward, the semantics in the
-  training losses only (alignment-uniformity + ``--semantic_pred_weight``).
+  training losses only (alignment-uniformity + ``--text_target_weight``).
 
 For each: test Recall@20 / MRR@20 from RecBole's evaluator (best validation epoch), the one-off
 loading time of ``recbole_llm4sbr.serve.load``, and the latency of ``recommend`` per test session
@@ -116,7 +116,7 @@ def main(argv=None):
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/ (default: the plugin's dataset/)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--intent_backend", default="text")
-    parser.add_argument("--semantic_pred_weight", type=float, default=0.1,
+    parser.add_argument("--text_target_weight", type=float, default=0.1,
                         help="EIMF semantic prediction weight of the LLM-free model")
     parser.add_argument("--semantic_checkpoint", default=None, help="skip training the semantic model")
     parser.add_argument("--free_checkpoint", default=None, help="skip training the LLM-free model")
@@ -138,7 +138,7 @@ def main(argv=None):
     os.chdir(args.workdir)  # RecBole's log/ and log_tensorboard/ land here
     variants = {
         "semantic": ({"semantic_at_inference": True}, args.semantic_checkpoint),
-        "llm-free": ({"semantic_at_inference": False, "semantic_pred_weight": args.semantic_pred_weight},
+        "llm-free": ({"semantic_at_inference": False, "text_target_weight": args.text_target_weight},
                      args.free_checkpoint),
     }
     report = {"dataset": args.dataset, "intent_backend": args.intent_backend, "k": args.k,

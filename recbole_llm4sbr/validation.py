@@ -176,6 +176,7 @@ RULES: Dict[str, Rule] = {
     "intent_samples": choice("auto", "all", "typical"),
     "intent_budget": either(integer(1, example="64"), real(0, 1, low_open=True, high_open=True)),
     "intent_prompt_max_items": either(choice("auto"), integer(0, example="10")),
+    "intent_short_items": integer(0, example="3"),
     "vllm_tensor_parallel_size": integer(1, example="1"),
     "vllm_gpu_memory_utilization": real(0, 1, low_open=True, example="0.9"),
     "vllm_max_model_len": integer(1, example="4096"),
@@ -192,7 +193,13 @@ RULES: Dict[str, Rule] = {
     "au_weight": real(0, example="0.1"),
     "intent_localization": flag(),
     "semantic_at_inference": flag(),
-    "semantic_pred_weight": real(0, example="0.0"),
+    "text_target_weight": real(0, example="0.1"),
+    "eimf_weight": real(0, example="0.1"),
+    # retired: it named the behaviour-side loss (now text_target_weight); refused above 0 so that an old
+    # config is not silently read as EIMF's loss (eimf_weight) or dropped
+    "semantic_pred_weight": Rule(lambda v: _number(v, float) == 0.0,
+                                 "0: the key is retired. Its behaviour-side loss is now text_target_weight and "
+                                 "EIMF's LLM-side loss is eimf_weight; set one of those instead", "0"),
     "intent_control": choice("none", "constant", "shuffled"),
     "intent_shuffle_seed": integer(0, example="0"),
     "intent_dropout": Rule(real(0, 1).check, "a probability in [0, 1]", "0.0"),

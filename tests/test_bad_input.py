@@ -45,12 +45,14 @@ WRONG = {
     "intent_greedy_loop": ["maybe", 2], "intent_prompts_per_call": ["x", 0], "intent_encoder": ["", 2],
     "intent_encoder_batch_size": ["x", 0], "intent_topr": ["x", -1], "intent_faiss_threshold": ["x", -1],
     "intent_samples": ["some", 1], "intent_budget": ["x", 0, 1.5], "intent_prompt_max_items": ["x", -1],
+    "intent_short_items": ["x", -1],
     "vllm_tensor_parallel_size": ["x", 0], "vllm_gpu_memory_utilization": ["x", 0, 1.5],
     "vllm_max_model_len": ["x", 0], "vllm_dtype": ["", 1], "vllm_enforce_eager": ["maybe", 2],
     "vllm_prompts_per_call": ["x", 0], "openai_concurrency": ["x", 0], "openai_timeout": ["x", 0],
     "openai_max_retries": ["x", -1], "load_intent": ["maybe", 2], "llm4sbr_views": ["long", []],
     "view_behaviour": [{"long": "both"}, "global"], "au_weight": ["x", -0.1], "intent_localization": ["maybe", 2],
-    "semantic_at_inference": ["maybe", 2], "semantic_pred_weight": ["x", -1], "intent_control": ["random", 1],
+    "semantic_at_inference": ["maybe", 2], "semantic_pred_weight": ["x", -1, 0.5],
+    "text_target_weight": ["x", -1], "eimf_weight": ["x", -1], "intent_control": ["random", 1],
     "intent_shuffle_seed": ["x", 0.5], "intent_dropout": ["x", -0.1, 1.5],
 }
 

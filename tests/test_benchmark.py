@@ -125,7 +125,7 @@ def test_every_llm4sbr_yaml_key_leaves_the_stock_digest_alone(tmp_path, monkeypa
 
     digest = lambda v, o: settings_digest(relevant_settings("ds", v, o))  # noqa: E731
     keys = yaml.safe_load((properties_dir() / "model" / "LLM4SBR.yaml").read_text())
-    assert {"semantic_at_inference", "semantic_pred_weight", "au_weight"} <= set(keys)
+    assert {"semantic_at_inference", "text_target_weight", "eimf_weight", "au_weight"} <= set(keys)
     for key in [*keys, "intent_topr", "vllm_dtype", "openai_base_url"]:
         assert digest("base", {"epochs": 3, key: "changed"}) == digest("base", {"epochs": 3}), key
         assert digest("llm4sbr", {"epochs": 3, key: "changed"}) != digest("llm4sbr", {"epochs": 3}), key
@@ -393,3 +393,76 @@ def test_concurrent_runs_share_cells_and_take_over_stale_locks(tmp_path):
     assert bench.load(held) is None and bench.load(stale)["test_result"]["recall@20"] == 0.1
     assert not bench.cell_path(stale).with_suffix(".lock").exists()
     assert bench.cell_path(held).with_suffix(".lock").exists()  # the live holder's lock is left alone
+
+
+def test_reuse_mode_trains_other_variants_once_with_the_setting_chosen_for_llm4sbr(tmp_path):
+    trained = []
+    # validation prefers lr 1e-3 with steps (the test numbers are all alike: the choice cannot peek)
+    trainer = stub_trainer(trained, lambda lr, step: 0.2 if (lr, step) in ((0.001, 3),) else 0.1,
+                           lambda lr, step: 0.1)
+    variants = ["base", "llm4sbr", "drop30", "short3"]
+    bench = Benchmark("ds", ["GRU4Rec"], variants, [7, 8], {}, tmp_path, trainer=trainer, commit="abc", tune="reuse")
+    bench.prepare_stage1 = lambda cells: None
+    assert bench.total_runs() == 2 * (4 + 1) + 2 * 2  # base and llm4sbr: grid + 1; the others: 1 per seed
+    finals = bench.run()
+    grid = [(lr, s) for lr in (0.001, 0.0003) for s in (0, 3)]
+    wrapped = "LLM4SBR_GRU4Rec"
+    assert trained[:8] == [("GRU4Rec", 7, lr, s) for lr, s in grid] + [(wrapped, 7, lr, s) for lr, s in grid]
+    assert trained[8:10] == [(wrapped, 7, 0.001, 3)] * 2  # drop30, short3: llm4sbr's choice, no grid
+    assert len(trained) == 14
+    by = {(c["variant"], c["seed"]): c for c in finals}
+    assert len(by) == 8
+    for seed in (7, 8):
+        for name in ("drop30", "short3"):
+            cell = by[(name, seed)]
+            assert cell["setting"] == {"learning_rate": 0.001, "lr_step_size": 3} and cell["grid"] == []
+            assert cell["setting_from"] == "llm4sbr" and cell["protocol"] == "fair (setting reused from llm4sbr)"
+            assert cell["tuned_on_seed"] == 7
+        assert by[("drop30", seed)]["config_dict"]["intent_dropout"] == 0.3
+        assert by[("llm4sbr", seed)]["setting_from"] is None and len(by[("llm4sbr", seed)]["grid"]) == 4
+        assert by[("base", seed)]["setting_from"] is None and len(by[("base", seed)]["grid"]) == 4  # its own
+    # a rerun trains nothing; without llm4sbr among the variants its grid is still planned (for the setting)
+    Benchmark("ds", ["GRU4Rec"], variants, [7, 8], {}, tmp_path, trainer=trainer, commit="abc", tune="reuse").run()
+    assert len(trained) == 14
+    alone = Benchmark("ds", ["GRU4Rec"], ["base", "au_hi"], [7], {}, tmp_path / "alone", trainer=trainer,
+                      commit="abc", tune="reuse")
+    alone.prepare_stage1 = lambda cells: None
+    assert alone.total_runs() == 4 + 1 + 4
+    alone.run()
+    assert trained[14:] == ([("GRU4Rec", 7, lr, s) for lr, s in grid] + [(wrapped, 7, lr, s) for lr, s in grid]
+                            + [(wrapped, 7, 0.001, 3)])
+    assert [c["variant"] for c in alone.finished()] == ["base", "au_hi"]
+
+
+def test_reuse_mode_refuses_what_it_cannot_mean(tmp_path):
+    from recbole_llm4sbr.benchmark.cli import main
+    from recbole_llm4sbr.benchmark.runner import BenchmarkError
+
+    with pytest.raises(BenchmarkError, match="--tune=sometimes"):
+        Benchmark("ds", ["GRU4Rec"], ["base"], [1], {}, tmp_path, tune="sometimes")
+    assert main(["--benchmark", "--protocol=paper", "--tune=reuse", "--dataset=ds"]) == 2
+
+
+def test_reuse_mode_end_to_end_on_the_tiny_dataset(tiny):
+    """--tune=reuse through the command: base and llm4sbr tuned on a 2-point grid, drop30 trained once
+    with llm4sbr's chosen setting and marked so in its cell and the report."""
+    from recbole_llm4sbr.cli import main
+
+    tmp_path, calls, _ = tiny
+    argv = ["--benchmark", "--dataset=tiny", "--base_models=GRU4Rec", "--seeds=1", "--variants=llm4sbr,drop30",
+            "--tune=reuse", "--grid_learning_rate=0.01,0.0001", "--grid_lr_step_size=0", "--stopping_step=2",
+            f"--results_dir={tmp_path / 'res'}", f"--data_path={tmp_path / 'data'}", *COMMON]
+    assert main(argv) == 0
+    assert calls == ["GRU4Rec"] * 2 + ["LLM4SBR_GRU4Rec"] * 3  # drop30: one run, no grid
+    from recbole_llm4sbr.benchmark.cli import parse
+
+    args, overrides = parse(argv)
+    bench = Benchmark("tiny", ["GRU4Rec"], ["base", "llm4sbr", "drop30"], [2020], overrides, tmp_path / "res",
+                      grid=args.grid, tune="reuse")
+    final = {c["variant"]: c for c in bench.finished()}
+    assert final["drop30"]["setting"] == final["llm4sbr"]["setting"] and final["drop30"]["grid"] == []
+    assert final["drop30"]["setting_from"] == "llm4sbr" and final["drop30"]["config_dict"]["intent_dropout"] == 0.3
+    md = (tmp_path / "res" / "tiny" / "report.md").read_text()
+    assert "fair (setting reused from llm4sbr)" in md
+    log = (tmp_path / "res" / "tiny" / "cells" / "benchmark.log").read_text()
+    assert "GRU4Rec / drop30: reuses the setting chosen for llm4sbr" in log

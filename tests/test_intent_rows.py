@@ -52,3 +52,30 @@ def test_prompts_and_fallback_of_one_prefix():
     assert rows.prompts(["1", "2"]) == ["1. Heat_2\nlong-term", "1. Heat_2\nshort-term"]
     assert rows.answers(["1", "2"], ["Answer: Toy Story_1", None]) == [
         Answer("Toy Story"), Answer("Heat", "failed")]
+
+
+def test_short_items_shortens_only_the_short_views_prompt():
+    from recbole_llm4sbr.intent import load_settings
+    from recbole_llm4sbr.intent.errors import IntentError
+    from recbole_llm4sbr.intent.identity import table_tag
+    from recbole_llm4sbr.intent.rows import short_view_items
+
+    texts = {str(i): f"Item {i}" for i in range(1, 8)}
+    prefix = [str(i) for i in range(1, 8)]
+    views = {"long": "long-term", "short": "short-term"}
+    template = "{qualifier}:\n{items}"
+    for max_items, long_n in ((0, 7), (5, 5)):
+        long, short = PrefixPrompts(template, views, texts, max_items=max_items, short_items=2).prompts(prefix)
+        assert long.count("\n") == long_n and short == "short-term:\n1. Item 6_6\n2. Item 7_7"
+    assert PrefixPrompts(template, views, texts, max_items=1, short_items=3).prompts(prefix)[1].count("\n") == 1
+    same = PrefixPrompts(template, views, texts, max_items=5).prompts(prefix)
+    assert same[0].splitlines()[1:] == same[1].splitlines()[1:]  # off: both views list the same items
+    # in the table's tag only when set (today's tags are pinned by test_intent_identity.py)
+    settings = load_settings(dataset="tiny", overrides={"intent_device": "cpu"})
+    assert table_tag(dict(settings, intent_short_items=0), "transformers") == table_tag(settings, "transformers")
+    assert table_tag(dict(settings, intent_short_items=3), "transformers") != table_tag(settings, "transformers")
+    assert short_view_items(dict(settings, intent_short_items=3)) == 3
+    with pytest.raises(IntentError, match="no 'short' view|has \\['long'\\]"):
+        short_view_items(dict(settings, intent_short_items=3, intent_views={"long": "long-term"}))
+    with pytest.raises(IntentError, match="intent_short_items"):
+        short_view_items(dict(settings, intent_short_items=-1))

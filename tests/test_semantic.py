@@ -1,11 +1,12 @@
-"""semantic_at_inference (LLM-free serving, EIMF) and the semantic prediction loss, on synthetic intents."""
+"""semantic_at_inference (LLM-free serving, EIMF) and the behaviour-side text target loss
+(``text_target_weight``, formerly ``semantic_pred_weight``), on synthetic intents."""
 
 import numpy as np
 import pytest
 import torch
 
 from recbole_llm4sbr.data import intents as intents_module
-from recbole_llm4sbr.model.semantic import semantic_prediction_loss
+from recbole_llm4sbr.model.semantic import text_target_loss
 from tinydata import synthetic_intents, write_tiny_dataset
 
 
@@ -32,14 +33,14 @@ def build_model(tmp_path, model="LLM4SBR_SRGNN", **overrides):
 def test_defaults_keep_llm4sbr_unchanged(tiny):
     tmp_path, _ = tiny
     _, (train, _, _), model, _ = build_model(tmp_path)
-    assert model.semantic_at_inference is True and model.semantic_pred_weight == 0.0
-    assert model.semantic_head is None and model.item_text_vectors is None
+    assert model.semantic_at_inference is True and model.text_target_weight == 0.0 and model.eimf_weight == 0.0
+    assert model.text_target_head is None and model.eimf is None and model.item_text_vectors is None
     model.train()
     terms = model.calculate_loss(next(iter(train)))
     assert len(terms) == 2  # CE + tau * alignment-uniformity, as in the paper
 
 
-def test_semantic_prediction_loss_matches_the_formula():
+def test_text_target_loss_matches_the_formula():
     z = torch.tensor([[1.0, 0.0], [0.5, -1.0]])
     e = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # row 0 = padding
     targets = torch.tensor([1, 3])
@@ -48,14 +49,14 @@ def test_semantic_prediction_loss_matches_the_formula():
         logits = [float(z[b] @ e[j]) for j in range(1, 4)]  # padding left out
         log_norm = np.log(np.sum(np.exp(logits)))
         expected.append(log_norm - logits[targets[b] - 1])
-    assert semantic_prediction_loss(z, e, targets).item() == pytest.approx(np.mean(expected), rel=1e-6)
+    assert text_target_loss(z, e, targets).item() == pytest.approx(np.mean(expected), rel=1e-6)
 
 
 @pytest.mark.parametrize("semantic_at_inference", [True, False])
-def test_semantic_prediction_is_its_own_loss_term(tiny, semantic_at_inference):
+def test_text_target_is_its_own_loss_term(tiny, semantic_at_inference):
     tmp_path, table = tiny
     dataset, (train, _, _), model, _ = build_model(
-        tmp_path, semantic_at_inference=semantic_at_inference, semantic_pred_weight=0.5)
+        tmp_path, semantic_at_inference=semantic_at_inference, text_target_weight=0.5)
     batch = next(iter(train))
     model.train()
     torch.manual_seed(0)
@@ -70,7 +71,7 @@ def test_semantic_prediction_is_its_own_loss_term(tiny, semantic_at_inference):
     model.eval()  # SR-GNN has no dropout: the same s as in training
     with model.call_state(batch):
         s = model.forward(batch["item_id_list"], batch["item_length"])
-    z = model.semantic_head(s).detach().numpy().astype(np.float64)
+    z = model.text_target_head(s).detach().numpy().astype(np.float64)
     e = model.item_text_vectors.numpy().astype(np.float64)
     logits = z @ e[1:].T
     target = batch["item_id"].numpy() - 1
@@ -78,14 +79,14 @@ def test_semantic_prediction_is_its_own_loss_term(tiny, semantic_at_inference):
     assert sp.item() == pytest.approx(0.5 * direct, rel=1e-4)
     # and it trains the head
     sp.backward()
-    assert model.semantic_head.weight.grad.abs().sum() > 0
+    assert model.text_target_head.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("semantic_at_inference", [True, False])
 def test_both_modes_train(tiny, semantic_at_inference):
     tmp_path, _ = tiny
     _, (train, _, _), model, _ = build_model(
-        tmp_path, semantic_at_inference=semantic_at_inference, semantic_pred_weight=0.5)
+        tmp_path, semantic_at_inference=semantic_at_inference, text_target_weight=0.5)
     batch = next(iter(train))
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
@@ -104,7 +105,7 @@ def test_both_modes_train(tiny, semantic_at_inference):
 
 def test_llm_free_forward_never_reads_intents(tiny):
     tmp_path, _ = tiny
-    _, (train, _, _), model, _ = build_model(tmp_path, semantic_at_inference=False, semantic_pred_weight=0.5)
+    _, (train, _, _), model, _ = build_model(tmp_path, semantic_at_inference=False, text_target_weight=0.5)
     batch = next(iter(train))
     # training: the fused vector (what the loss scores) does not depend on the intents
     model.train()
@@ -137,7 +138,7 @@ def test_semantic_model_still_needs_its_intents(tiny):
 def test_llm_free_other_bases(tiny, model_name):
     tmp_path, _ = tiny
     dataset, (train, _, _), model, _ = build_model(
-        tmp_path, model=model_name, semantic_at_inference=False, semantic_pred_weight=0.5,
+        tmp_path, model=model_name, semantic_at_inference=False, text_target_weight=0.5,
         n_layers=1, n_heads=1, inner_size=32, hidden_size=24 if model_name != "LLM4SBR_BERT4Rec" else 16)
     batch = next(iter(train))
     model.train()
@@ -149,10 +150,10 @@ def test_llm_free_other_bases(tiny, model_name):
         assert model.full_sort_predict(batch).shape == (len(batch), dataset.item_num)
 
 
-def test_semantic_pred_needs_catalogue_embeddings(tmp_path, monkeypatch):
+def test_text_target_needs_catalogue_embeddings(tmp_path, monkeypatch):
     folder = write_tiny_dataset(tmp_path)
     table = synthetic_intents(folder)
     table.item_tokens = table.item_vectors = None  # an older table
     monkeypatch.setattr(intents_module, "load_dataset_intents", lambda config, logger=None: table)
     with pytest.raises(ValueError, match="items.npy"):
-        build_model(tmp_path, semantic_pred_weight=0.5)
+        build_model(tmp_path, text_target_weight=0.5)

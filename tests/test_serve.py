@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("serve")
     write_tiny_dataset(root / "data", n_sessions=90)
-    free = train(root, "free", semantic_at_inference=False, semantic_pred_weight=0.5)
+    free = train(root, "free", semantic_at_inference=False, text_target_weight=0.5)
     semantic = train(root, "semantic")
     yield root, free, semantic
     serve.clear_cache()

@@ -1,6 +1,6 @@
 """``python run_recbole_llm4sbr.py --benchmark --dataset=<ds> --base_models=SRGNN,GRU4Rec --seeds=3
 [--variants=llm4sbr,text,arch,shuffled,swapped,no_au,no_long,no_short,no_loc,r0,r1,r3,r5] [--results_dir=results]
-[--protocol=fair|paper] [--grid_learning_rate=0.001,0.0003 --grid_lr_step_size=0,3]
+[--protocol=fair|paper] [--grid_learning_rate=0.001,0.0003 --grid_lr_step_size=0,3] [--tune=grid|reuse]
 [--config_files=...] [--report_only] [--debug] [--key=value ...]``
 
 For each base and seed: the stock RecBole model and every LLM4SBR variant on the same split and seed
@@ -14,12 +14,15 @@ Protocols: fair (default): per (base, variant) a grid of learning_rate x lr_step
 epochs; the setting with the best validation score is chosen (never a test number), and the other
 seeds train with it. ``--grid_<key>=a,b`` replaces or adds an axis; ``--learning_rate=X`` (any axis's
 key) fixes it; ``--epochs=N`` sets the cap. paper: the paper's schedule (lr 1e-3, x0.1 every 3 epochs,
-30 epochs, early stop 5), no search.
+30 epochs, early stop 5), no search. ``--tune=reuse`` (fair): only ``base`` and ``llm4sbr`` get a grid;
+every other variant trains with the setting chosen for ``llm4sbr`` of the same base (one run per seed;
+its cells say "setting reused from llm4sbr").
 
 Variants: base (without LLM), llm4sbr (full; intent backend as configured), text (LLM-free text
 intents), arch (architecture only: one constant intent), shuffled (the intent table's rows in a fixed
 permutation), swapped (the views paired the other way round), no_au (without alignment-uniformity), no_long / no_short (without that view), no_loc
-(without localization), r0 / r1 / r3 / r5 (intent_topr).
+(without localization), r0 / r1 / r3 / r5 (intent_topr); investigation: train_only, eimf, train_only_eimf,
+drop30, au_hi, au_lo, short3 (recbole_llm4sbr/benchmark/variants.py).
 """
 from __future__ import annotations
 
@@ -58,6 +61,9 @@ def parse(argv: Sequence[str]):
     parser.add_argument("--grid_lr_step_size", default=None, metavar="A,B",
                         help="fair protocol: step sizes to try, 0 = constant lr (default 0,3); "
                              "any --grid_<key>=a,b adds an axis")
+    parser.add_argument("--tune", default="grid", choices=["grid", "reuse"],
+                        help="fair protocol: grid = every (base, variant) its own grid (default); reuse = only base "
+                             "and llm4sbr are tuned, the other variants reuse llm4sbr's chosen setting")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--model", "-m", default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(list(argv))
@@ -78,6 +84,8 @@ def parse(argv: Sequence[str]):
     if args.model:
         raise BenchmarkError("--model has no meaning with --benchmark. Fix: name the stock bases with "
                              "--base_models=SRGNN,GRU4Rec (each is run stock and as LLM4SBR_<Base>).")
+    if args.tune != "grid" and args.protocol != "fair":
+        raise BenchmarkError("--tune=reuse only applies to --protocol=fair (paper has no search to reuse)")
     if grid and args.protocol != "fair":
         raise BenchmarkError("--grid_* only applies to --protocol=fair (paper has no search)")
     args.grid = grid
@@ -108,9 +116,9 @@ def setup_logging(folder: Path) -> None:
 def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides: Optional[dict] = None,
                   results_dir="results", config_files=None, command: str = "", report_only: bool = False,
                   plot: bool = True, inference_repeats: int = 3, commit: Optional[str] = None,
-                  protocol: str = "fair", grid: Optional[Dict[str, Sequence]] = None):
-    """Library entry point of the CLI; returns ``(benchmark, report paths)``. ``protocol``/``grid`` as
-    ``--protocol``/``--grid_<key>`` (``grid={"learning_rate": [0.001, 0.0003]}``)."""
+                  protocol: str = "fair", grid: Optional[Dict[str, Sequence]] = None, tune: str = "grid"):
+    """Library entry point of the CLI; returns ``(benchmark, report paths)``. ``protocol``/``grid``/``tune``
+    as ``--protocol``/``--grid_<key>``/``--tune`` (``grid={"learning_rate": [0.001, 0.0003]}``)."""
     from recbole_llm4sbr.benchmark.report import write_reports
     from recbole_llm4sbr.benchmark.runner import Benchmark
     from recbole_llm4sbr.intent.backends import check_backend_name
@@ -125,7 +133,7 @@ def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides:
     first = overrides.pop("seed", 2020)
     bench = Benchmark(dataset, parse_bases(bases), parse_variants(variants), parse_seeds(seeds, int(first)),
                       overrides, results_dir, config_files, command=command, commit=commit,
-                      inference_repeats=inference_repeats, protocol=protocol, grid=grid)
+                      inference_repeats=inference_repeats, protocol=protocol, grid=grid, tune=tune)
     setup_logging(bench.cells_dir)
     if report_only:
         log.info(f"report only: {len(bench.finished())} of {len(bench.slots())} cells finished")
@@ -142,7 +150,8 @@ def _main(argv: List[str]) -> int:
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     run_benchmark(args.dataset, args.base_models, args.variants, args.seeds, overrides, args.results_dir,
                   files, command=command_line(argv), report_only=args.report_only, plot=not args.no_plot,
-                  inference_repeats=args.inference_repeats, protocol=args.protocol, grid=args.grid)
+                  inference_repeats=args.inference_repeats, protocol=args.protocol, grid=args.grid,
+                  tune=args.tune)
     return 0
 
 

@@ -25,6 +25,13 @@ the first seed's final cell IS that grid run, and every other seed trains once w
 paper's schedule (lr 1e-3, x0.1 every 3 epochs, 30 epochs, early stop 5), no search. Each training run
 (grid point or seed) is its own cell JSON, so a benchmark may span sessions and processes.
 
+Tuning (``tune``): ``grid`` (default) tunes every (base, variant) as above. ``reuse`` tunes only the
+stock base and ``llm4sbr`` (``TUNE_SOURCE``); every other variant trains with the setting chosen for
+``llm4sbr`` of the same base (its grid runs are planned even when ``llm4sbr`` is not among the
+variants), so an extra variant costs one run per seed instead of a grid. Such a final cell says so:
+``setting_from: "llm4sbr"``, ``grid: []`` and ``protocol`` "<protocol> (setting reused from llm4sbr)".
+A reused run that coincides with one of the variant's own grid runs (same setting) is that same cell.
+
 Cells are identified by base, variant, seed and an 8-hex digest of the settings that can change that
 run's result (dataset, config files' content, the protocol's keys, ``--key=value`` overrides, the
 variant's own keys and the run's setting laid over them); for the stock base the LLM4SBR keys (those
@@ -34,7 +41,8 @@ are left out, so base cells are shared by runs that differ only in those.
 Cell JSON, ``format`` ``CELL_FORMAT`` = 2 (other formats are ignored: those cells run again). Every
 run's file has: ``format, id, dataset, base, variant, seed, model, settings`` (what the digest is made
 of), ``config_dict``, ``command, commit, finished``, ``protocol`` ("fair"|"paper"), ``setting``
-(``{"learning_rate": ..., "lr_step_size": ...}``: what it trained with), ``test_result,
+(``{"learning_rate": ..., "lr_step_size": ...}``: what it trained with), ``setting_from`` (None, or
+the variant whose chosen setting it reused), ``test_result,
 best_valid_result, best_valid_score, valid_metric, valid_score_bigger, best_epoch`` (0-based),
 ``epochs_run, epochs_max, epoch_times, epoch_time_s, time_to_best_s, train_time_to_best_s,
 fit_time_s, cell_time_s, inference_s, inference_runs_s, inference_reproduced, test_samples, params,
@@ -73,6 +81,9 @@ NEUTRAL_KEYS = {"show_progress", "state", "checkpoint_dir", "benchmark", "log_wa
 LLM4SBR_ONLY_PREFIXES = ("intent_", "vllm_", "openai_")
 #: what every cell gets unless the user overrides it
 CELL_DEFAULTS = {"show_progress": False, "metric_decimal_place": 6}
+#: ``tune: reuse``: the variant whose chosen setting the other wrapped variants reuse
+TUNE_SOURCE = "llm4sbr"
+TUNE_MODES = ("grid", "reuse")
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
 
@@ -434,7 +445,7 @@ class Benchmark:
                  overrides: Optional[Dict[str, object]] = None, results_dir="results",
                  config_files: Optional[Sequence[str]] = None, command: str = "", commit: Optional[str] = None,
                  inference_repeats: int = 3, trainer: Callable[..., dict] = train_cell,
-                 protocol: str = "fair", grid: Optional[Dict[str, Sequence]] = None):
+                 protocol: str = "fair", grid: Optional[Dict[str, Sequence]] = None, tune: str = "grid"):
         self.dataset = dataset
         self.bases, self.variants, self.seeds = list(bases), list(variants), list(seeds)
         self.overrides = dict(overrides or {})
@@ -449,6 +460,10 @@ class Benchmark:
         self.protocol = PROTOCOLS[protocol]
         self.settings_grid = grid_settings(self.grid)
         self.searched = len(self.settings_grid) > 1
+        if tune not in TUNE_MODES:
+            raise BenchmarkError(f"--tune={tune}: unknown. Fix: --tune=grid (default: every variant its own "
+                                 f"grid) or --tune=reuse (variants reuse the setting chosen for {TUNE_SOURCE})")
+        self.tune = tune
         self.stage1: Dict[str, dict] = {}  # intent table path -> meta (from the preparation step)
         self._cells: Dict[tuple, Cell] = {}
         self._loaded: Dict[Path, dict] = {}
@@ -485,9 +500,15 @@ class Benchmark:
             out += [Slot(b, v, seed) for b in self.bases for v in order]
         return out
 
+    def reuses(self, variant: str) -> bool:
+        """Whether ``variant`` takes ``TUNE_SOURCE``'s chosen setting instead of a grid of its own."""
+        return (self.tune == "reuse" and self.searched and VARIANTS[variant].wrapped
+                and variant != TUNE_SOURCE)
+
     def grid_cells(self, base: str, variant: str) -> List[Cell]:
-        """The tuning runs of (base, variant): every grid setting on the first seed ([] for no search)."""
-        if not self.searched:
+        """The tuning runs of (base, variant): every grid setting on the first seed ([] for no search
+        and for a variant that reuses ``TUNE_SOURCE``'s setting)."""
+        if not self.searched or self.reuses(variant):
             return []
         return [self.cell(base, variant, self.seeds[0], s) for s in self.settings_grid]
 
@@ -496,6 +517,9 @@ class Benchmark:
         grid order on a tie), or None while a grid run is unfinished. Without a search: the one setting."""
         if not self.searched:
             return self.cell(base, variant, self.seeds[0], self.settings_grid[0])
+        if self.reuses(variant):
+            source = self.chosen(base, TUNE_SOURCE)
+            return None if source is None else self.cell(base, variant, self.seeds[0], dict(source.setting))
         runs = [(c, self.load(c)) for c in self.grid_cells(base, variant)]
         if any(data is None for _, data in runs):
             return None
@@ -529,7 +553,10 @@ class Benchmark:
         out: List[Cell] = []
         for slot in self.slots():
             if slot.seed == self.seeds[0]:
-                out += self.grid_cells(slot.base, slot.variant)
+                grid = self.grid_cells(slot.base, slot.variant)
+                if self.reuses(slot.variant):  # the setting it reuses is chosen from these
+                    grid = self.grid_cells(slot.base, TUNE_SOURCE)
+                out += [c for c in grid if c not in out]
         for slot in self.slots():
             cell = self.final_cell(slot)
             if cell is not None and cell not in out:
@@ -569,7 +596,9 @@ class Benchmark:
         """A run's JSON as the final cell of its slot: with this benchmark's protocol, the setting, the
         grid it was chosen from, the tuning seed and whether the epoch cap ended it."""
         best, cap = data.get("best_epoch"), data.get("epochs_max")
-        return {**data, "protocol": self.protocol.name, "setting": dict(cell.setting),
+        reused = self.reuses(cell.variant)
+        return {**data, "protocol": self.protocol.name + (f" (setting reused from {TUNE_SOURCE})" if reused else ""),
+                "setting": dict(cell.setting), "setting_from": TUNE_SOURCE if reused else None,
                 "grid": self.grid_summary(cell.base, cell.variant),
                 "tuned_on_seed": self.seeds[0] if self.searched else None,
                 "at_cap": bool(best is not None and cap and best + 1 >= cap)}
@@ -622,8 +651,14 @@ class Benchmark:
 
     def total_runs(self) -> int:
         """Training runs the whole plan needs: the grid on the first seed + one per other seed."""
-        per_pair = (len(self.settings_grid) + len(self.seeds) - 1) if self.searched else len(self.seeds)
-        return len(self.bases) * len(self.variants) * per_pair
+        if not self.searched:
+            return len(self.bases) * len(self.variants) * len(self.seeds)
+        n_grid, n_seeds = len(self.settings_grid), len(self.seeds)
+        reusing = [v for v in self.variants if self.reuses(v)]
+        per_base = (len(self.variants) - len(reusing)) * (n_grid + n_seeds - 1) + len(reusing) * n_seeds
+        if reusing and TUNE_SOURCE not in self.variants:
+            per_base += n_grid  # the source's grid, planned for its chosen setting only
+        return len(self.bases) * per_base
 
     def _announce_choices(self) -> None:
         if not self.searched:
@@ -635,6 +670,10 @@ class Benchmark:
                     continue
                 self._announced.add((base, variant))
                 data = self.load(choice)
+                if self.reuses(variant):
+                    log.info(f"{base} / {variant}: reuses the setting chosen for {TUNE_SOURCE}: "
+                             f"{_fmt_setting(dict(choice.setting))} (--tune=reuse; no grid of its own)")
+                    continue
                 grid = "; ".join(f"{_fmt_setting(g['setting'])}: {g['best_valid_score']}"
                                  for g in self.grid_summary(base, variant))
                 log.info(f"{base} / {variant}: chose {_fmt_setting(dict(choice.setting))} on seed {choice.seed} "
@@ -646,7 +685,8 @@ class Benchmark:
     def _left(self) -> List[Tuple[str, str]]:
         """(base, variant) of every run still to train, including the seeds of untuned pairs."""
         left = [(c.base, c.variant) for c in self.runs() if self.load(c) is None]
-        left += [(s.base, s.variant) for s in self.slots() if self.final_cell(s) is None and s.seed != self.seeds[0]]
+        left += [(s.base, s.variant) for s in self.slots() if self.final_cell(s) is None
+                 and (s.seed != self.seeds[0] or self.reuses(s.variant))]
         return left
 
     def run(self, report: Optional[Callable[["Benchmark"], None]] = None) -> List[dict]:
@@ -676,8 +716,11 @@ class Benchmark:
             claim = self.claim(cell)
             if claim is None:  # finished or being trained by another benchmark process meanwhile
                 continue
-            role = "grid run " + _fmt_setting(dict(cell.setting)) if (
-                self.searched and cell.seed == self.seeds[0]) else _fmt_setting(dict(cell.setting))
+            role = _fmt_setting(dict(cell.setting))
+            if self.reuses(cell.variant):
+                role = f"setting reused from {TUNE_SOURCE}: {role}"
+            elif self.searched and cell.seed == self.seeds[0]:
+                role = "grid run " + role
             position = total - len(self._left()) + 1
             log.info(f"[{position}/{total}] {cell.base} / {cell.variant} / seed {cell.seed}: "
                      f"training {cell.model} ({role})")
@@ -701,6 +744,7 @@ class Benchmark:
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "protocol": self.protocol.name,
                 "setting": dict(cell.setting),
+                "setting_from": TUNE_SOURCE if self.reuses(cell.variant) else None,
                 **measured,
             }
             write_json_atomic(self.cell_path(cell), data)

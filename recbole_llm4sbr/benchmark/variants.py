@@ -7,6 +7,12 @@ A variant is ``(wrapped, overrides, label)``: ``wrapped`` says whether the cell 
 Attribution controls (read by the model as ``intent_control``): ``arch`` gives every sample one
 constant intent (what the wrapper's architecture alone adds), ``shuffled`` a fixed permutation of the
 intent table's rows (intents of other sessions); both on the configured intent backend, like ``llm4sbr``.
+Investigation (issue 11 item 4: why do the intents add nothing over a constant?): ``train_only``
+(EIMF's training-only use: the gates never read intents), ``eimf`` / ``train_only_eimf`` (EIMF's
+LLM-side semantic loss + modality alignment, ``eimf_weight`` 0.1 as in EIMF), ``drop30`` (intent
+dropout), ``au_hi`` / ``au_lo`` (the alignment weight), ``short3`` (the short view's prompt lists only
+the last 3 items, so the two views differ by construction; a stage-1 table of its own). Cheap to run
+with ``--tune=reuse`` (one run per seed, the setting chosen for ``llm4sbr``).
 """
 from __future__ import annotations
 
@@ -44,6 +50,16 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant("r1", True, "r = 1", {"intent_topr": 1}),
     Variant("r3", True, "r = 3", {"intent_topr": 3}),
     Variant("r5", True, "r = 5", {"intent_topr": 5}),
+    Variant("train_only", True, "intents in training only (EIMF's use: no intent read at prediction)",
+            {"semantic_at_inference": False}),
+    Variant("eimf", True, "EIMF's semantic prediction + modality alignment (eimf_weight 0.1)", {"eimf_weight": 0.1}),
+    Variant("train_only_eimf", True, "training-only intents with EIMF's losses",
+            {"semantic_at_inference": False, "eimf_weight": 0.1}),
+    Variant("drop30", True, "intent dropout 0.3 (training)", {"intent_dropout": 0.3}),
+    Variant("au_hi", True, "alignment-uniformity weight 0.5", {"au_weight": 0.5}),
+    Variant("au_lo", True, "alignment-uniformity weight 0.02", {"au_weight": 0.02}),
+    Variant("short3", True, "short view prompted with the last 3 items only (views differ by construction)",
+            {"intent_short_items": 3}),
 ]}
 
 ALIASES = {"full": "llm4sbr", "no_llm": "base", "no_localization": "no_loc", "no_alignment": "no_au"}

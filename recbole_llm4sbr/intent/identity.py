@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping, Tuple
 from .backends import resolve_samples
 from .clean import CLEAN_VERSION
 from .prompts import template_version
+from .rows import short_view_items
 from .settings import SAMPLING_KEYS, answer_max_chars, dataset_dir, intent_views, prompt_max_items
 from .table import FORMAT_VERSION
 from .typical import TYPICAL_VERSION
@@ -56,6 +57,9 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
     max_items = prompt_max_items(settings, samples)
     if max_items:  # off (0) keeps the identity of tables built before the key existed
         ident["prompt_max_items"] = max_items
+    short_items = short_view_items(settings)
+    if short_items:  # likewise: off (0) keeps today's tags
+        ident["short_items"] = short_items
     # through JSON, so it compares equal to the copy read back from meta.json
     return json.loads(json.dumps(ident, default=str))
 

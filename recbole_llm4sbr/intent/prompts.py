@@ -2,7 +2,8 @@
 
 One prompt per (prefix, view): the template's ``{items}`` becomes the WHOLE prefix as numbered lines
 ``N. <ItemName>_<ItemID>`` (oldest first, ids are the dataset's own tokens) and ``{qualifier}`` the
-view's qualifier from ``intent_views``. Placeholders are substituted literally (not ``str.format``),
+view's qualifier from ``intent_views``; ``max_items`` (``intent_prompt_max_items``, or the short view's
+``intent_short_items``) keeps only the last items. Placeholders are substituted literally (not ``str.format``),
 so braces in item names or in a user's template need no escaping.
 """
 from __future__ import annotations

@@ -5,7 +5,8 @@ and ``online.OnlineIntents.infer`` (one unseen prefix at serving time) both run 
 online intent is the row the table would hold for that prefix (they used to be two copies that
 drifted: the prompt length, the cleaning fallback). The steps, docs/METHOD.md Stage 1:
 
-1. ``PrefixPrompts.prompts``: one prompt per view (``intent_prompt_max_items`` applied);
+1. ``PrefixPrompts.prompts``: one prompt per view (``intent_prompt_max_items`` applied, and
+   ``intent_short_items`` to the ``short`` view);
 2. ``PrefixPrompts.answers``: each LLM answer cleaned, or the fallback with its reason
    (``clean.final_answer``: never a silent empty answer);
 3. ``unique_texts`` -> the caller encodes them with the catalogue's encoder -> ``Grounding``
@@ -23,8 +24,31 @@ import numpy as np
 
 from .clean import final_answer
 from .localization import localize
+from .errors import IntentError
 from .prompts import build_prompt, check_template
 from .settings import answer_max_chars, intent_views
+
+#: the view ``intent_short_items`` shortens (the paper's short-term view)
+SHORT_VIEW = "short"
+
+
+def short_view_items(settings: Mapping[str, Any]) -> int:
+    """``intent_short_items``: the ``short`` view's prompt lists only the prefix's last N items, so the
+    two views differ by construction (SmolLM2 gave both views one answer for 37 % of prefixes); 0 =
+    off, every view lists what ``intent_prompt_max_items`` says. Needs a ``short`` view."""
+    value = settings.get("intent_short_items") or 0
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0 or isinstance(value, bool):
+        raise IntentError(f"intent_short_items={value!r}: give 0 (off) or a positive count of last items")
+    views = intent_views(settings)
+    if n and SHORT_VIEW not in views:
+        raise IntentError(
+            f"intent_short_items={n} shortens the '{SHORT_VIEW}' view's prompt, but intent_views has "
+            f"{list(views)}. Fix: add a '{SHORT_VIEW}' view or set intent_short_items: 0")
+    return n
 
 
 @dataclass(frozen=True)
@@ -40,11 +64,12 @@ class PrefixPrompts:
     """Prompts of a prefix and the cleaning of its answers, with one table's settings.
 
     ``views``: ordered ``{view: qualifier}``; ``item_text``: ``{item token: text}`` (the catalogue);
-    ``max_items``: the RESOLVED ``intent_prompt_max_items`` (0 = the whole prefix).
+    ``max_items``: the RESOLVED ``intent_prompt_max_items`` (0 = the whole prefix); ``short_items``
+    (``intent_short_items``) > 0: the ``short`` view lists at most that many last items.
     """
 
     def __init__(self, template: str, views: Mapping[str, str], item_text: Mapping[str, str],
-                 max_items: int = 0, max_chars: int = 200):
+                 max_items: int = 0, max_chars: int = 200, short_items: int = 0):
         check_template(template, len(views))
         self.template = template
         self.views = dict(views)
@@ -53,15 +78,20 @@ class PrefixPrompts:
         self.item_ids = frozenset(item_text)
         self.max_items = int(max_items or 0)
         self.max_chars = int(max_chars)
+        self.short_items = int(short_items or 0)
+        self.view_items = {v: self.max_items for v in self.view_names}
+        if self.short_items and SHORT_VIEW in self.views:
+            self.view_items[SHORT_VIEW] = (min(self.max_items, self.short_items) if self.max_items
+                                           else self.short_items)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], item_text: Mapping[str, str], max_items: int) -> "PrefixPrompts":
         return cls(str(settings.get("intent_template") or ""), intent_views(settings), item_text,
-                   max_items, answer_max_chars(settings))
+                   max_items, answer_max_chars(settings), short_view_items(settings))
 
     def prompts(self, prefix: Sequence[str]) -> List[str]:
         """One prompt per view, in view order."""
-        return [build_prompt(self.template, prefix, self.item_text, self.views[v], self.max_items)
+        return [build_prompt(self.template, prefix, self.item_text, self.views[v], self.view_items[v])
                 for v in self.view_names]
 
     def answers(self, prefix: Sequence[str], raw: Sequence[Optional[str]]) -> List[Answer]:
@@ -120,4 +150,4 @@ class Grounding:
         return self.vectors[rows], self.raw[rows], record
 
 
-__all__ = ["Answer", "PrefixPrompts", "unique_texts", "Grounding"]
+__all__ = ["SHORT_VIEW", "short_view_items", "Answer", "PrefixPrompts", "unique_texts", "Grounding"]

@@ -20,12 +20,15 @@ Two serving modes (``semantic_at_inference`` in properties/model/LLM4SBR.yaml):
   reads intents, in training *or* at prediction (``GatedFusion`` gates on the behaviour views alone),
   so what is trained is exactly what is served and a new session needs no LLM call and no stage-1
   artefact. The semantics enter only through training losses: alignment-uniformity between the
-  behaviour views and the projected intents (``au_weight``) and EIMF's semantic prediction task
-  (``semantic_pred_weight``: the fused session vector predicts the target item's text embedding,
-  ``model/semantic.py``). ``predict``/``full_sort_predict`` then need no prefix key.
+  behaviour views and the projected intents (``au_weight``), the behaviour-side text target
+  (``text_target_weight``: the fused session vector predicts the target item's text embedding) and
+  EIMF's LLM-side losses (``eimf_weight``: the intents' target-queried readout predicts the target over
+  the catalogue's text embeddings, and is aligned with the behaviour side; ``model/semantic.py``).
+  ``predict``/``full_sort_predict`` then need no prefix key.
 
-``calculate_loss`` returns ``(base, au_weight * L_au[, semantic_pred_weight * L_sp])``; a term whose
-weight is 0 is left out (so LLM4SBR's defaults give the same two terms as before).
+``calculate_loss`` returns ``(base, au_weight * L_au[, text_target_weight * L_tt][, eimf_weight *
+L_eimf])``; a term whose weight is 0 is left out (so LLM4SBR's defaults give the same two terms as
+before). The last two are training-only in both modes: their heads are never used to score.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from recbole_llm4sbr.model.alignment import AlignUniformLoss
 from recbole_llm4sbr.model.bases import BaseSpec, base_of, resolve, wrapped_name
 from recbole_llm4sbr.model.controls import IntentControl, controlled_buffer, drop_intents
 from recbole_llm4sbr.model.fusion import GatedFusion
-from recbole_llm4sbr.model.semantic import semantic_prediction_loss
+from recbole_llm4sbr.model.semantic import EIMFSemantic, EIMFTerms, text_target_loss
 from recbole_llm4sbr.model.views import Call, seq_len_of
 
 #: names the bases give the arguments of their ``forward``
@@ -84,7 +87,7 @@ class CallState:
     losses: bool = False  # calculate_loss: the first pass also yields the auxiliary terms
     passes: int = 0
     au: Optional[torch.Tensor] = None  # alignment-uniformity of the first pass
-    sem: Optional[torch.Tensor] = None  # the first pass's fused vector (semantic prediction)
+    sem: Optional[torch.Tensor] = None  # the first pass's fused vector (text target, EIMF alignment)
 
 
 class LLM4SBRMixin:
@@ -103,7 +106,8 @@ class LLM4SBRMixin:
         self.views = list(config["llm4sbr_views"])
         self.semantic_at_inference = as_flag(config["semantic_at_inference"], default=True)
         self.au_weight = float(config["au_weight"] or 0.0)
-        self.semantic_pred_weight = float(config["semantic_pred_weight"] or 0.0)
+        self.text_target_weight = float(config["text_target_weight"] or 0.0)
+        self.eimf_weight = float(config["eimf_weight"] or 0.0)
         self.intent_control = IntentControl.from_config(config)
         vectors, constant = getattr(dataset, "intent_vectors", None), None
         if vectors is not None or self.semantic_at_inference:
@@ -134,27 +138,34 @@ class LLM4SBRMixin:
         self._state: Optional[CallState] = None
 
     def _init_semantic_prediction(self, dataset, out_size: int, d_text: Optional[int]):
-        """EIMF's semantic prediction head ``P`` (``d -> d_text``) and the catalogue's text embeddings
-        (a non-persistent buffer: needed in training only, rebuilt from the intent table)."""
+        """The training-only text-side heads (``model/semantic.py``): the text target's ``P`` (``d ->
+        d_text``; ``text_target_weight``), EIMF's readout and maps (``eimf_weight``), and the
+        catalogue's text embeddings they predict over (a non-persistent buffer, rebuilt from the
+        intent table)."""
         item_text = getattr(dataset, "item_text_vectors", None)
-        self.semantic_head = None
-        if self.semantic_pred_weight <= 0:
+        self.text_target_head, self.eimf = None, None
+        weights = {k: w for k, w in (("text_target_weight", self.text_target_weight),
+                                     ("eimf_weight", self.eimf_weight)) if w > 0}
+        if not weights:
             self.register_buffer("item_text_vectors", None, persistent=False)
             return
+        named = " and ".join(f"{k} = {w}" for k, w in weights.items())
         if item_text is None and getattr(dataset, "intent_vectors", None) is not None:
             raise ValueError(
-                f"semantic_pred_weight = {self.semantic_pred_weight} needs the catalogue's text embeddings "
-                "(items.npy in the intent table), but the dataset's intent table has none. Fix: rebuild the "
-                f"table (python -m recbole_llm4sbr.intent --dataset={dataset.dataset_name} --force) or set "
-                "semantic_pred_weight: 0.")
+                f"{named} needs the catalogue's text embeddings (items.npy in the intent table), but the "
+                "dataset's intent table has none. Fix: rebuild the table (python -m recbole_llm4sbr.intent "
+                f"--dataset={dataset.dataset_name} --force) or set {' and '.join(f'{k}: 0' for k in weights)}.")
         if item_text is not None:
             d_text = int(item_text.size(1))
         if not d_text:
-            raise ValueError("semantic_pred_weight > 0 but the width of the text embeddings is unknown "
+            raise ValueError(f"{named}: the width of the text embeddings is unknown "
                              "(no intent table loaded and no intent_d_text).")
         self.register_buffer("item_text_vectors", None if item_text is None else item_text.float().contiguous(),
                              persistent=False)
-        self.semantic_head = nn.Linear(out_size, d_text, bias=False)
+        if self.text_target_weight > 0:
+            self.text_target_head = nn.Linear(out_size, d_text, bias=False)
+        if self.eimf_weight > 0:
+            self.eimf = EIMFSemantic(d_text, out_size, int(self.item_embedding.embedding_dim))
 
     def _check_width(self, dataset):
         if not self.base_spec.width_bound:
@@ -256,7 +267,7 @@ class LLM4SBRMixin:
             aligned = intents if intents is not None else self._call_intents(call)
             state.au = sum(self.au_loss(behaviour[self.fusion.pairing[v]], aligned[v]) for v in self.views)
         fused = self._adapter.finish(self, self.fusion(behaviour, intents))
-        if first_loss_pass and self.semantic_head is not None:
+        if first_loss_pass and (self.text_target_head is not None or self.eimf is not None):
             state.sem = fused
         return fused
 
@@ -271,15 +282,33 @@ class LLM4SBRMixin:
         return self.base_model_class.full_sort_predict(self, interaction)
 
     def _reads_intents_in_training(self) -> bool:
-        return self.semantic_at_inference or self.au_weight > 0
+        return self.semantic_at_inference or self.au_weight > 0 or self.eimf_weight > 0
 
-    def semantic_prediction_loss(self, session: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """EIMF's semantic prediction loss of session vectors ``[B, d]`` for target item ids ``[B]``."""
+    def _require_item_text(self, key: str):
         if self.item_text_vectors is None:
             raise RuntimeError(
-                f"{type(self).__name__}: semantic_pred_weight > 0 needs the catalogue's text embeddings "
-                "in training (the intent table's items.npy). Fix: train with load_intent: True.")
-        return semantic_prediction_loss(self.semantic_head(session), self.item_text_vectors, targets)
+                f"{type(self).__name__}: {key} > 0 needs the catalogue's text embeddings in training (the "
+                "intent table's items.npy). Fix: train with load_intent: True.")
+
+    def text_target_loss(self, session: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The behaviour-side text target of session vectors ``[B, d]`` for target item ids ``[B]``."""
+        self._require_item_text("text_target_weight")
+        return text_target_loss(self.text_target_head(session), self.item_text_vectors, targets)
+
+    def eimf_terms(self, session: torch.Tensor, keys: torch.Tensor, targets: torch.Tensor) -> EIMFTerms:
+        """EIMF's semantic prediction + modality alignment for fused session vectors ``[B, d]``, the
+        batch's prefix keys and target item ids. The interests are the V view vectors of each prefix's
+        intent row, as the model's buffer holds them (grounded by default, the answers' own embeddings
+        with intent_localization: False; intent_control applied, and intent_dropout in training)."""
+        self._require_item_text("eimf_weight")
+        if self.intent_vectors is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: eimf_weight > 0 reads the intents in training, and this model has "
+                "none (loaded LLM-free). Fix: train with load_intent: True.")
+        interests = self.intent_vectors[keys].float()
+        if self.training:
+            interests = drop_intents(interests, self.intent_constant, self.intent_control.dropout)
+        return self.eimf(interests, self.item_text_vectors, targets, session, self.item_embedding(targets))
 
     def calculate_loss(self, interaction):
         reads = self._reads_intents_in_training()
@@ -290,9 +319,11 @@ class LLM4SBRMixin:
         terms = [loss]
         if state.au is not None:
             terms.append(self.au_weight * state.au)
-        if state.sem is not None:
-            terms.append(self.semantic_pred_weight
-                         * self.semantic_prediction_loss(state.sem, interaction[self.POS_ITEM_ID]))
+        if state.sem is not None and self.text_target_head is not None:
+            terms.append(self.text_target_weight * self.text_target_loss(state.sem, interaction[self.POS_ITEM_ID]))
+        if state.sem is not None and self.eimf is not None:
+            terms.append(self.eimf_weight * self.eimf_terms(state.sem, interaction[self.KEY_FIELD],
+                                                            interaction[self.POS_ITEM_ID]).total)
         return terms[0] if len(terms) == 1 else tuple(terms)
 
     def _scoring(self, interaction, method, vectors: Optional[torch.Tensor] = None):
