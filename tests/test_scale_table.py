@@ -184,3 +184,13 @@ def test_localization_off_maps_the_raw_answers(mapped_tiny):
     _, _, grounded = build_model(mapped_tiny, intent_mmap=True)
     _, _, raw = build_model(mapped_tiny, intent_mmap=True, intent_localization=False)
     torch.testing.assert_close(raw._mapped_intents.dense(), grounded._mapped_intents.dense() * 0.5)
+
+
+def test_the_torch_search_finds_the_exact_top_r():
+    from recbole_llm4sbr.intent.localization import top_r_exact, top_r_torch
+
+    items, queries = clustered_catalogue(5000, 32, 100, seed=2)
+    idx, sims = top_r_torch(queries, items, 5, device="cpu", max_block_bytes=1 << 20)  # several blocks
+    want_idx, want_sims = top_r_exact(queries, items, 5)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(sims, want_sims, rtol=1e-5, atol=1e-6)
