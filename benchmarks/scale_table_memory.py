@@ -120,10 +120,24 @@ def write_table(args) -> Path:
     return folder
 
 
+def existing_table(args):
+    """The table of an earlier run in ``--workdir`` when stage 2 would use it as it is, else None."""
+    if not (Path(args.workdir) / DATASET / f"{DATASET}.train.inter").is_file():
+        return None
+    from recbole_llm4sbr.data.intents import stage1_settings
+    from recbole_llm4sbr.intent.pipeline import locate_table
+    from recbole_llm4sbr.quick_start import make_config
+
+    config = make_config(f"LLM4SBR_{args.base}", DATASET, config_dict=config_dict(args), read_cmd_line=False)
+    folder, _, reason = locate_table(stage1_settings(config))
+    print(f"reusing {folder}" if reason is None else f"no table to reuse ({reason})", flush=True)
+    return folder if reason is None else None
+
+
 class PeakSampler:
     """Peaks of VmRSS / RssAnon / RssFile of this process (kB), sampled every ``every`` s."""
 
-    FIELDS = ("VmRSS", "RssAnon", "RssFile")
+    FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 
     def __init__(self, every=0.01):
         self.peak = dict.fromkeys(self.FIELDS, 0)
@@ -153,8 +167,6 @@ class PeakSampler:
 
 
 def child(args):
-    import resource
-
     from recbole_llm4sbr.quick_start import run_recbole_llm4sbr
 
     model = args.base if args.child == "base" else f"LLM4SBR_{args.base}"
@@ -162,7 +174,9 @@ def child(args):
     t0 = time.perf_counter()
     with PeakSampler() as peaks:
         result = run_recbole_llm4sbr(model, DATASET, config_dict=config_dict(args, mmap), read_cmd_line=False)
-    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not getrusage's ru_maxrss: Linux carries the forking parent's peak into ru_maxrss
+    # across exec (the parent has just written gigabytes through a mapping)
+    hwm = peaks.peak["VmHWM"]
     test = {k: round(float(v), 4) for k, v in (result.get("test_result") or {}).items()}
     print("RESULT " + json.dumps({"run": args.child, "model": model, "seconds": round(time.perf_counter() - t0, 1),
                                   "peak_rss_mb": round(max(hwm, peaks.peak["VmRSS"]) / 1024, 1),
@@ -181,6 +195,8 @@ def main(argv=None):
     parser.add_argument("--runs", default="base,mapped,copied")
     parser.add_argument("--workdir", default="/tmp/llm4sbr_scale_table")
     parser.add_argument("--keep", action="store_true", help="keep the table and dataset afterwards")
+    parser.add_argument("--reuse", action="store_true", help="use the table and dataset of a --keep run")
+    parser.add_argument("--parallel", action="store_true", help="run the trainings at the same time")
     parser.add_argument("--child", choices=("base", "mapped", "copied"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale_table_memory.json"))
     args = parser.parse_args(argv)
@@ -190,16 +206,31 @@ def main(argv=None):
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        write_dataset(work, args.sessions, args.items)
-        folder = write_table(args)
+        folder = existing_table(args) if args.reuse else None
+        if folder is None:
+            write_dataset(work, args.sessions, args.items)
+            folder = write_table(args)
         results = []
-        for run in [r for r in args.runs.split(",") if r]:
-            cmd = [sys.executable, __file__, f"--child={run}"] + [a for a in (argv or sys.argv[1:]) if not a.startswith("--runs")]
-            env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-            if out.returncode != 0 or not lines:
-                raise SystemExit(f"{run} failed ({out.returncode}):\n{out.stderr[-4000:]}")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        runs = [r for r in args.runs.split(",") if r]
+        flags = [a for a in (argv or sys.argv[1:]) if not a.startswith(("--runs", "--parallel", "--reuse"))]
+        finished = []  # (run, stdout, stderr, returncode)
+
+        def start(run):
+            return subprocess.Popen([sys.executable, __file__, f"--child={run}"] + flags, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        if args.parallel:  # together: peaks are per process either way; the page cache is shared
+            procs = [(run, start(run)) for run in runs]
+            finished = [(run, *p.communicate(), p.returncode) for run, p in procs]
+        else:
+            for run in runs:
+                p = start(run)
+                finished.append((run, *p.communicate(), p.returncode))
+        for run, stdout, stderr, rc in finished:
+            lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+            if rc != 0 or not lines:
+                raise SystemExit(f"{run} failed ({rc}):\n{stderr[-4000:]}")
             results.append(json.loads(lines[-1][len("RESULT "):]))
             print(results[-1], flush=True)
     finally:
