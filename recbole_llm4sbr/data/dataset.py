@@ -52,7 +52,10 @@ class LLM4SBRDataset(SequentialDataset):
     The key (``intent.keys.prefix_key`` of the prefix's item tokens) is added when the files load,
     so any RecBole session benchmark dataset works; RecBole remaps it to ids like any token field
     and every batch carries it. ``intent_vectors[id]`` is the stage-1 intent of that prefix,
-    ``[num_keys, n_views, d_text]``, row 0 (padding) zero. ``item_text_vectors[item id]`` is the
+    ``[num_keys, n_views, d_text]``, row 0 (padding) zero, when the table is copied into memory
+    (``intent_mmap``, data/intents.py); when it is mapped, ``intent_vectors`` is None and
+    ``intent_source[intent_rows[id]]`` is that row (``intent_source``: the read-only mapping,
+    ``intent_rows``: int64 ``[num_keys]``, -1 for the padding key). ``item_text_vectors[item id]`` is the
     item's text embedding from the same table (``[item_num, d_text]``, row 0 zero; None when the table
     has none), the target of EIMF's semantic prediction task.
     """
@@ -67,6 +70,7 @@ class LLM4SBRDataset(SequentialDataset):
         check_benchmark_files(config["data_path"], config["dataset"], parts)
         super().__init__(config)
         self.intent_views, self.intent_vectors, self.intent_table_path = [], None, None
+        self.intent_source, self.intent_rows = None, None  # a mapped table (intent_mmap), else None
         self.item_text_vectors = None
         if config["load_intent"]:
             self._attach_intents()
@@ -78,11 +82,11 @@ class LLM4SBRDataset(SequentialDataset):
         self.set_field_property(self.key_field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
 
     def _attach_intents(self):
-        from recbole_llm4sbr.data.intents import load_dataset_intents
+        from recbole_llm4sbr.data.intents import load_dataset_intents, wants_mmap
 
         table = load_dataset_intents(self.config, self.logger)
         tokens = self.field2id_token[self.key_field]
-        rows = [table.index.get(tok, -1) for tok in tokens[1:]]
+        rows = table.rows_of(tokens[1:])
         missing = [tok for tok, row in zip(tokens[1:], rows) if row < 0]
         if missing:
             raise ValueError(
@@ -90,10 +94,16 @@ class LLM4SBRDataset(SequentialDataset):
                 f"{len(missing)} prefixes have no intent (e.g. {missing[:3]}). It is stale. Fix: rerun "
                 f"`python -m recbole_llm4sbr.intent --dataset={self.dataset_name} --force` (or delete that folder)."
             )
-        vectors = np.zeros((len(tokens),) + table.vectors.shape[1:], dtype=np.float32)
-        vectors[1:] = table.array(self.config)[np.asarray(rows, dtype=np.int64)]
+        source = table.array(self.config)
         self.intent_views = list(table.views)
-        self.intent_vectors = torch.from_numpy(vectors)
         self.intent_table_path = str(table.path)
+        if wants_mmap(self.config, len(tokens), source.shape[1:]):
+            # the table stays mapped; the model gathers each batch's rows (row -1: padding, zero)
+            self.intent_source = source
+            self.intent_rows = np.concatenate([np.array([-1], dtype=np.int64), rows])
+        else:
+            vectors = np.zeros((len(tokens),) + source.shape[1:], dtype=np.float32)
+            vectors[1:] = source[rows]
+            self.intent_vectors = torch.from_numpy(vectors)
         item_text = table.item_text_matrix(self.field2id_token[self.iid_field])
         self.item_text_vectors = None if item_text is None else torch.from_numpy(item_text)

@@ -14,10 +14,11 @@ from typing import Any, Dict, Mapping, Tuple
 
 from .backends import resolve_samples
 from .clean import CLEAN_VERSION
+from .localization import Search
 from .prompts import template_version
 from .rows import short_view_items
 from .settings import SAMPLING_KEYS, answer_max_chars, dataset_dir, intent_views, prompt_max_items
-from .table import FORMAT_VERSION
+from .table import FORMAT_VERSION, storage_dtype
 from .typical import TYPICAL_VERSION
 
 #: config keys each backend's answers depend on (what its describe() reports, read from the config
@@ -60,6 +61,11 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
     short_items = short_view_items(settings)
     if short_items:  # likewise: off (0) keeps today's tags
         ident["short_items"] = short_items
+    ann = Search.from_settings(settings).identity()
+    if ann is not None:  # an approximate index changes results slightly; exact keeps today's tags
+        ident["ann"] = ann
+    if storage_dtype(settings) != "float32":  # float16 storage rounds the vectors
+        ident["storage_dtype"] = storage_dtype(settings)
     # through JSON, so it compares equal to the copy read back from meta.json
     return json.loads(json.dumps(ident, default=str))
 

@@ -25,10 +25,11 @@ from .errors import IntentError
 from .generation import GenerationStats, answer_prompts
 from .identity import table_folder, table_identity
 from .inputs import Sample, check_item_text, file_sha1, itemtext_path, read_item_text, read_samples, unique_prefixes
+from .localization import Search
 from .prompts import template_version
 from .rows import Answer, Grounding, PrefixPrompts, unique_texts
 from .settings import dataset_dir, normalize_settings, prompt_max_items, sampling
-from .table import FORMAT_VERSION, ITEMS_NPY, ITEMS_TXT, read_keys, read_meta, write_intent_table
+from .table import FORMAT_VERSION, ITEMS_NPY, ITEMS_TXT, KEYS, lookup_rows, read_meta, storage_dtype, write_intent_table
 from .typical import TypicalPlan, plan_typical
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -206,7 +207,8 @@ def ground_rows(settings: Mapping[str, Any], inputs: Inputs, calls: CallPlan, cl
 
     t0 = time.perf_counter()
     grounding = Grounding(texts, embeddings, catalogue[0], catalogue[1], int(settings.get("intent_topr") or 0),
-                          int(settings.get("intent_faiss_threshold") or 200_000), logger)
+                          int(settings.get("intent_faiss_threshold") or 200_000), logger,
+                          search=Search.from_settings(settings))
     keys = list(inputs.prefixes)
     vectors = np.empty((len(keys), len(view_names), grounding.dim), dtype=np.float32)
     raw = np.empty_like(vectors)
@@ -271,7 +273,8 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
     summary = build_summary(inputs, calls, rows, cleaned, gstats, samples_mode, timings)
     meta = table_meta(settings, backend_name, info, rows, samples_mode, calls.typical, summary)
     t0 = time.perf_counter()
-    write_intent_table(folder, meta, keys, vectors, raw, records, item_tokens=catalogue[0], item_vectors=catalogue[1])
+    write_intent_table(folder, meta, keys, vectors, raw, records, item_tokens=catalogue[0], item_vectors=catalogue[1],
+                       storage_dtype=storage_dtype(settings))
     log.info(
         f"intent table written to {folder} ({time.perf_counter() - t0:.2f} s)\n"
         f"stage 1 summary ({settings['dataset']}, backend {backend_name}):\n{_summary_lines(summary)}"
@@ -357,14 +360,14 @@ def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Opt
     try:
         if meta.get("itemtext_sha1") != file_sha1(itemtext_path(settings)):
             return f"stale: {itemtext_path(settings).name} changed since it was built"
-        have = set(read_keys(folder))
+        (folder / KEYS).stat()
         for name in (ITEMS_TXT, ITEMS_NPY):
             if not (folder / name).is_file():
                 raise FileNotFoundError(2, "missing", str(folder / name))
     except FileNotFoundError as e:
         return f"stale: {Path(e.filename).name if e.filename else 'a file'} is missing"
     need = unique_prefixes(read_samples(settings))
-    lacking = [k for k in need if k not in have]
+    lacking = [k for k, row in zip(need, lookup_rows(folder, need)) if row < 0]  # keys.txt streamed
     if lacking:
         return f"stale: {len(lacking)} of the dataset's {len(need)} prefixes are not in it"
     return None

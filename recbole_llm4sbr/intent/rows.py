@@ -23,8 +23,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .clean import final_answer
-from .localization import localize
 from .errors import IntentError
+from .localization import Search, localize
 from .prompts import build_prompt, check_template
 from .settings import answer_max_chars, intent_views
 
@@ -116,10 +116,11 @@ class Grounding:
 
     def __init__(self, texts: Sequence[str], embeddings: np.ndarray, item_tokens: Sequence[str],
                  item_vectors: np.ndarray, topr: int, faiss_threshold: int = 200_000,
-                 logger: Optional[logging.Logger] = None):
+                 logger: Optional[logging.Logger] = None, search: Optional[Search] = None):
         self.row_of = {t: i for i, t in enumerate(texts)}
         self.raw = np.asarray(embeddings, dtype=np.float32)
-        self.vectors, idx, sims = localize(self.raw, item_vectors, int(topr or 0), int(faiss_threshold), logger)
+        self.vectors, idx, sims = localize(self.raw, item_vectors, int(topr or 0), int(faiss_threshold), logger,
+                                              search=search)
         self.vectors = np.asarray(self.vectors, dtype=np.float32)
         self._idx, self._sims, self._tokens = idx, sims, item_tokens
         self._where: Dict[int, Tuple[List[str], List[float]]] = {}

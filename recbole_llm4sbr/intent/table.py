@@ -10,6 +10,11 @@ one, then the file's size) is the table's index into ``answers.jsonl``; a table 
 existed gets it built in memory on the first ``IntentTable.record`` (optional: no format bump). It is written into a temporary sibling folder and renamed into place, so
 a reader sees the old table or the new one, never half of one, and a killed writer leaves the old
 table intact.
+
+``vectors.npy``/``raw.npy`` may be stored as float16 (``intent_storage_dtype: float16``: half the disk
+and page cache; ``meta["storage_dtype"]`` says so, a float32 table's files and meta are as before).
+They are written in row blocks and can be read memory-mapped (``load_intent_table(mmap=True)``):
+stage 2 gathers each batch's rows from the mapping, and ranks on a node share the page cache.
 """
 from __future__ import annotations
 
@@ -30,6 +35,17 @@ FORMAT_VERSION = 2
 META, KEYS, VECTORS, RAW, ANSWERS = "meta.json", "keys.txt", "vectors.npy", "raw.npy", "answers.jsonl"
 ITEMS_TXT, ITEMS_NPY = "items.txt", "items.npy"
 ANSWERS_INDEX = "answers.offsets.npy"
+STORAGE_DTYPES = ("float32", "float16")
+#: rows per block when the intent arrays are written (bounded memory for a mapped or huge input)
+WRITE_BLOCK_BYTES = 64 << 20
+
+
+def storage_dtype(settings: Mapping[str, Any]) -> str:
+    """``intent_storage_dtype`` (float32 | float16; unset = float32)."""
+    dtype = str(settings.get("intent_storage_dtype") or "float32").strip().lower()
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"intent_storage_dtype={dtype!r}: use one of {', '.join(STORAGE_DTYPES)}")
+    return dtype
 
 
 def keys_sha1(keys: Iterable[str]) -> str:
@@ -47,16 +63,21 @@ def write_intent_table(
     *,
     item_tokens: Sequence[str],
     item_vectors: np.ndarray,
+    storage_dtype: str = "float32",
 ) -> Path:
     """Write the table atomically into ``folder`` (replacing an older one) and return it.
 
     ``item_tokens``/``item_vectors``: the catalogue (order of ``items.txt``) and its text embeddings
     ``[n_items, d_text]`` from the encoder that embedded the answers. ``meta`` is completed with
     ``n_keys``, ``keys_sha1``, ``d_text`` and ``n_items``; shapes and views are checked.
+    ``vectors``/``raw`` may be memory-mapped (copied block by block, never whole in memory);
+    ``storage_dtype`` float16 stores them rounded to half precision.
     """
     folder = Path(folder)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    raw = np.ascontiguousarray(raw, dtype=np.float32)
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype={storage_dtype!r}: use one of {', '.join(STORAGE_DTYPES)}")
+    vectors = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors, dtype=np.float32)
+    raw = raw if isinstance(raw, np.ndarray) else np.asarray(raw, dtype=np.float32)
     item_tokens = [str(t) for t in item_tokens]
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     if vectors.ndim != 3 or vectors.shape != raw.shape or vectors.shape[0] != len(keys):
@@ -73,6 +94,8 @@ def write_intent_table(
         raise ValueError("keys must be unique, non-empty and without newlines")
     meta = dict(meta)
     meta.update(n_keys=len(keys), keys_sha1=keys_sha1(keys), d_text=int(vectors.shape[2]), n_items=len(item_tokens))
+    if storage_dtype != "float32":
+        meta["storage_dtype"] = storage_dtype
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -80,8 +103,8 @@ def write_intent_table(
     try:
         with open(tmp / KEYS, "w", encoding="utf-8") as f:
             f.writelines(k + "\n" for k in keys)
-        np.save(tmp / VECTORS, vectors)
-        np.save(tmp / RAW, raw)
+        save_rows(tmp / VECTORS, vectors, storage_dtype)
+        save_rows(tmp / RAW, raw, storage_dtype)
         with open(tmp / ITEMS_TXT, "w", encoding="utf-8") as f:
             f.writelines(t + "\n" for t in item_tokens)
         np.save(tmp / ITEMS_NPY, item_vectors)
@@ -95,6 +118,17 @@ def write_intent_table(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def save_rows(path: Path, array: np.ndarray, dtype: str = "float32") -> None:
+    """``np.save`` of ``array`` as ``dtype``, written in row blocks through ``open_memmap`` (the same
+    bytes as ``np.save``; a memory-mapped ``array`` is never read whole)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=tuple(array.shape))
+    rows = max(1, WRITE_BLOCK_BYTES // max(1, int(np.prod(array.shape[1:])) * 4))
+    for s in range(0, array.shape[0], rows):
+        out[s : s + rows] = array[s : s + rows]
+    out.flush()
+    del out
 
 
 def _write_answers(path: Path, records: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> np.ndarray:
@@ -171,6 +205,23 @@ def read_keys(folder: Path | str) -> List[str]:
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
+def lookup_rows(folder: Path | str, wanted: Sequence[str]) -> np.ndarray:
+    """The row of each of ``wanted`` in the table's ``keys.txt`` (int64, -1 where absent), read as a
+    stream: memory follows ``len(wanted)``, not the table's size (a 5M-key table holds 5M strings)."""
+    pos = {k: i for i, k in enumerate(wanted)}
+    rows = np.full(len(wanted), -1, dtype=np.int64)
+    row = 0
+    with open(Path(folder) / KEYS, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            i = pos.get(line.rstrip("\n"))
+            if i is not None:
+                rows[i] = row
+            row += 1
+    return rows
+
+
 class IntentTable:
     """A loaded intent table. ``row(key)`` is the row of a prefix key in ``vectors`` and ``raw``;
     ``item_tokens[i]`` is the item whose text embedding is ``item_vectors[i]`` (same space as ``raw``)."""
@@ -179,7 +230,7 @@ class IntentTable:
         self,
         path: Path,
         meta: Dict[str, Any],
-        keys: List[str],
+        keys: Optional[List[str]],
         vectors: np.ndarray,
         raw: np.ndarray,
         item_tokens: List[str],
@@ -187,17 +238,35 @@ class IntentTable:
     ):
         self.path = Path(path)
         self.meta = meta
-        self.keys = keys
+        self._keys = keys  # None: read from keys.txt on first use (a mapped table)
         self.views: List[str] = list(meta["views"])
         self.vectors = vectors
         self.raw = raw
         self.item_tokens = item_tokens
         self.item_vectors = item_vectors
-        self._index = {k: i for i, k in enumerate(keys)}
+        self._index_of: Optional[Dict[str, int]] = None
         self._answer_offsets: Optional[np.ndarray] = None
 
+    @property
+    def keys(self) -> List[str]:
+        if self._keys is None:
+            self._keys = read_keys(self.path)
+        return self._keys
+
+    @property
+    def _index(self) -> Dict[str, int]:
+        if self._index_of is None:
+            self._index_of = {k: i for i, k in enumerate(self.keys)}
+        return self._index_of
+
+    def rows_of(self, keys: Sequence[str]) -> np.ndarray:
+        """The rows of ``keys`` (int64, -1 where absent) without holding every key of the table."""
+        if self._index_of is not None:
+            return np.array([self._index_of.get(k, -1) for k in keys], dtype=np.int64)
+        return lookup_rows(self.path, keys)
+
     def __len__(self) -> int:
-        return len(self.keys)
+        return int(self.vectors.shape[0])
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -258,7 +327,9 @@ class IntentTable:
 
 
 def load_intent_table(path: Path | str, mmap: bool = False) -> IntentTable:
-    """Load the table folder ``path`` (``mmap=True`` maps the arrays instead of reading them)."""
+    """Load the table folder ``path``. ``mmap=True`` maps the arrays read-only instead of reading them
+    (as stored: float16 in a float16 table) and reads ``keys.txt`` only when asked (``rows_of``
+    streams it); otherwise the arrays are read as float32."""
     path = Path(path)
     meta = read_meta(path)
     if meta is None:
@@ -268,18 +339,37 @@ def load_intent_table(path: Path | str, mmap: bool = False) -> IntentTable:
             f"intent table {path} (format_version {meta.get('format_version')}) has no {ITEMS_TXT}/{ITEMS_NPY}: "
             f"it predates them; rebuild it (python -m recbole_llm4sbr.intent --dataset={meta.get('dataset', '<ds>')} --force)"
         )
-    keys = read_keys(path)
+    keys = None if mmap else read_keys(path)
     mode = "r" if mmap else None
     vectors = np.load(path / VECTORS, mmap_mode=mode)
     raw = np.load(path / RAW, mmap_mode=mode)
+    if mmap:
+        _advise_random(vectors, raw)
+    else:
+        vectors, raw = vectors.astype(np.float32, copy=False), raw.astype(np.float32, copy=False)
     with open(path / ITEMS_TXT, encoding="utf-8") as f:
         item_tokens = [line.rstrip("\n") for line in f if line.strip()]
     item_vectors = np.load(path / ITEMS_NPY, mmap_mode=mode)
-    if len(keys) != meta.get("n_keys", len(keys)) or vectors.shape[0] != len(keys) or raw.shape != vectors.shape:
-        raise ValueError(f"intent table {path} is inconsistent (keys {len(keys)}, vectors {vectors.shape}, raw {raw.shape}): rebuild it")
+    n_keys = meta.get("n_keys", vectors.shape[0]) if keys is None else len(keys)
+    if n_keys != meta.get("n_keys", n_keys) or vectors.shape[0] != n_keys or raw.shape != vectors.shape:
+        raise ValueError(f"intent table {path} is inconsistent (keys {n_keys}, vectors {vectors.shape}, raw {raw.shape}): rebuild it")
     if item_vectors.ndim != 2 or item_vectors.shape != (len(item_tokens), vectors.shape[2]):
         raise ValueError(
             f"intent table {path} is inconsistent (items.txt {len(item_tokens)} tokens, items.npy {item_vectors.shape}, "
             f"d_text {vectors.shape[2]}): rebuild it"
         )
     return IntentTable(path, meta, keys, vectors, raw, item_tokens, item_vectors)
+
+
+def _advise_random(*arrays: np.ndarray) -> None:
+    """Tell the kernel a mapped table is read at random rows (no read-ahead of neighbours a batch
+    does not use); a no-op where ``madvise`` is unavailable."""
+    import mmap as _mmap
+
+    for a in arrays:
+        m = getattr(a, "_mmap", None)
+        if m is not None and hasattr(m, "madvise") and hasattr(_mmap, "MADV_RANDOM"):
+            try:
+                m.madvise(_mmap.MADV_RANDOM)
+            except (OSError, ValueError):
+                pass

@@ -45,6 +45,7 @@ from recbole_llm4sbr.model.alignment import AlignUniformLoss
 from recbole_llm4sbr.model.bases import BaseSpec, base_of, resolve, wrapped_name
 from recbole_llm4sbr.model.controls import IntentControl, controlled_buffer, drop_intents
 from recbole_llm4sbr.model.fusion import GatedFusion
+from recbole_llm4sbr.model.mapped_intents import MappedIntents
 from recbole_llm4sbr.model.semantic import EIMFSemantic, EIMFTerms, text_target_loss
 from recbole_llm4sbr.model.views import Call, seq_len_of
 
@@ -110,7 +111,10 @@ class LLM4SBRMixin:
         self.eimf_weight = float(config["eimf_weight"] or 0.0)
         self.intent_control = IntentControl.from_config(config)
         vectors, constant = getattr(dataset, "intent_vectors", None), None
-        if vectors is not None or self.semantic_at_inference:
+        # a mapped table (intent_mmap): rows gathered per batch; a plain attribute, not a buffer
+        self._mapped_intents: Optional[MappedIntents] = None
+        mapped = getattr(dataset, "intent_rows", None) is not None
+        if vectors is not None or mapped or self.semantic_at_inference:
             table_views = list(getattr(dataset, "intent_views", []) or [])
             missing = [v for v in self.views if v not in table_views]
             if missing:
@@ -118,9 +122,16 @@ class LLM4SBRMixin:
                     f"llm4sbr_views asks for {missing}, but the dataset's intent table has views {table_views}. "
                     "Fix: add them to intent_views (stage 1 reruns) or remove them from llm4sbr_views."
                 )
-            vectors = vectors[:, [table_views.index(v) for v in self.views], :].float().contiguous()
-            vectors, constant = controlled_buffer(vectors, self.intent_control)
-            d_text: Optional[int] = int(vectors.size(-1))
+            view_index = [table_views.index(v) for v in self.views]
+            if mapped:
+                self._mapped_intents = MappedIntents(dataset.intent_source, dataset.intent_rows, view_index,
+                                                     self.intent_control)
+                vectors, constant = None, self._mapped_intents.constant
+                d_text: Optional[int] = self._mapped_intents.d_text
+            else:
+                vectors = vectors[:, view_index, :].float().contiguous()
+                vectors, constant = controlled_buffer(vectors, self.intent_control)
+                d_text = int(vectors.size(-1))
         else:  # LLM-free serving: no stage-1 artefact; the width comes from the checkpoint
             d_text = int(config["intent_d_text"]) if config["intent_d_text"] else None
         # Frozen and rebuilt from the dataset: kept out of checkpoints to keep them small.
@@ -150,7 +161,8 @@ class LLM4SBRMixin:
             self.register_buffer("item_text_vectors", None, persistent=False)
             return
         named = " and ".join(f"{k} = {w}" for k, w in weights.items())
-        if item_text is None and getattr(dataset, "intent_vectors", None) is not None:
+        if item_text is None and (getattr(dataset, "intent_vectors", None) is not None
+                                  or getattr(dataset, "intent_rows", None) is not None):
             raise ValueError(
                 f"{named} needs the catalogue's text embeddings (items.npy in the intent table), but the "
                 "dataset's intent table has none. Fix: rebuild the table (python -m recbole_llm4sbr.intent "
@@ -205,7 +217,13 @@ class LLM4SBRMixin:
     # -- the representation ------------------------------------------------------------------
     def intents(self, keys: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The projected intents of prefix keys ``[B]`` (as ``intent_control`` made the buffer)."""
-        return self.project_intents(self.intent_vectors[keys])
+        return self.project_intents(self._gather_intents(keys))
+
+    def _gather_intents(self, keys: torch.Tensor) -> torch.Tensor:
+        """``[B, V, d_text]`` of prefix keys: from the mapped table, or the in-memory buffer."""
+        if self._mapped_intents is not None:
+            return self._mapped_intents.gather(keys)
+        return self.intent_vectors[keys]
 
     def project_intents(self, vectors: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``T h`` per view for intent vectors ``[B, V, d_text]`` (V in ``self.views`` order)."""
@@ -218,12 +236,12 @@ class LLM4SBRMixin:
             vectors = given.to(call.item_seq.device).float()
             if self.intent_control.mode == "constant":
                 vectors = self.intent_constant.expand(vectors.size(0), -1, -1).to(vectors)
-        elif self.intent_vectors is None:
+        elif self.intent_vectors is None and self._mapped_intents is None:
             raise RuntimeError(
                 f"{type(self).__name__} has no intent vectors (an LLM-free model loaded without its intent "
                 "table): alignment-uniformity needs them in training. Fix: train with load_intent: True.")
         else:
-            vectors = self.intent_vectors[self._call_keys(call)]
+            vectors = self._gather_intents(self._call_keys(call))
         if self.training:
             vectors = drop_intents(vectors, self.intent_constant, self.intent_control.dropout)
         return self.project_intents(vectors)
@@ -301,11 +319,11 @@ class LLM4SBRMixin:
         intent row, as the model's buffer holds them (grounded by default, the answers' own embeddings
         with intent_localization: False; intent_control applied, and intent_dropout in training)."""
         self._require_item_text("eimf_weight")
-        if self.intent_vectors is None:
+        if self.intent_vectors is None and self._mapped_intents is None:
             raise RuntimeError(
                 f"{type(self).__name__}: eimf_weight > 0 reads the intents in training, and this model has "
                 "none (loaded LLM-free). Fix: train with load_intent: True.")
-        interests = self.intent_vectors[keys].float()
+        interests = self._gather_intents(keys).float()
         if self.training:
             interests = drop_intents(interests, self.intent_constant, self.intent_control.dropout)
         return self.eimf(interests, self.item_text_vectors, targets, session, self.item_embedding(targets))
