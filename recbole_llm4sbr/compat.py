@@ -237,6 +237,23 @@ def bert4rec_empty_mask_loss() -> None:
     after_import("recbole.model.sequential_recommender.bert4rec", _bert4rec_guard)
 
 
+def _anomaly_mode_off(module) -> None:
+    import torch
+
+    torch.autograd.set_detect_anomaly(False)
+
+
+def sine_anomaly_mode() -> None:
+    """RecBole's ``sine.py`` calls ``torch.autograd.set_detect_anomaly(True)`` at import time, and
+    ``recbole.model.sequential_recommender/__init__`` imports it with every model, so importing any
+    sequential model switched anomaly detection on for the whole process: every autograd op then
+    records a Python stack trace and every backward checks for NaN. It changes no result, but it
+    made training 2-6x slower, stock and wrapped alike (ml-100k-session, 1 thread: STAMP 2.3 s ->
+    1.0 s per epoch, GRU4Rec ~30 s -> 5.4 s; benchmarks/stage2_cost.py). Switched off again right
+    after that import; a user who wants it calls ``set_detect_anomaly(True)`` after importing models."""
+    after_import("recbole.model.sequential_recommender.sine", _anomaly_mode_off)
+
+
 def apply() -> None:
     """Apply every shim (idempotent)."""
     global _APPLIED
@@ -246,4 +263,5 @@ def apply() -> None:
     numpy_aliases()
     quiet_known_warnings()
     bert4rec_empty_mask_loss()
+    sine_anomaly_mode()
     _APPLIED = True

@@ -114,3 +114,11 @@ def test_bert4rec_shim_waits_for_the_first_import():
             "from recbole.model.sequential_recommender import BERT4Rec; "
             "assert BERT4Rec.calculate_loss._llm4sbr_empty_mask_guard")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+def test_importing_recbole_models_leaves_anomaly_detection_off():
+    """RecBole's sine.py switches torch's anomaly detection on at import (every sequential model
+    imports it): each autograd op then records a stack trace, several times slower training."""
+    code = ("import torch, recbole_llm4sbr; from recbole.model.sequential_recommender import STAMP; "
+            "assert not torch.is_anomaly_enabled(), 'anomaly detection is on'")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))

@@ -23,8 +23,8 @@ from typing import Dict, Optional, Tuple
 from recbole.utils import ModelType
 
 from recbole_llm4sbr.model.views import (
-    BERT4RecMixin, BERT4RecViews, COREViews, FEARecMixin, GCSANViews, GenericViews, NARMViews,
-    NextItNetViews, SRGNNViews, STAMPViews,
+    BERT4RecMixin, BERT4RecViews, COREViews, FEARecMixin, GCSANGraphMixin, GCSANViews, GenericViews,
+    NARMViews, NextItNetViews, SRGNNGraphMixin, SRGNNViews, STAMPViews,
 )
 
 PREFIX = "LLM4SBR_"
@@ -75,8 +75,8 @@ _CTR = ("it is a click-through-rate model: it scores (history, candidate) pairs 
 
 _SPECS = (
     # session-based: they train on (item_id_list, item_length) and score a session vector
-    BaseSpec("SRGNN", SRGNNViews()),
-    BaseSpec("GCSAN", GCSANViews()),
+    BaseSpec("SRGNN", SRGNNViews(), mixins=(SRGNNGraphMixin,)),
+    BaseSpec("GCSAN", GCSANViews(), mixins=(GCSANGraphMixin,)),
     BaseSpec("NARM", NARMViews()),
     BaseSpec("STAMP", STAMPViews()),
     BaseSpec("GRU4Rec"),

@@ -9,9 +9,10 @@ Each adapter also says how wide its views are (``view_size``; the fusion's input
 projection's output) and how wide the vector the base scores with is (``out_size``; the fusion's
 output), and may post-process the fused vector (``finish``; CORE keeps it on the unit sphere).
 
-Two bases need more than views and get a small per-base mixin placed before ``LLM4SBRMixin`` in the
-MRO: BERT4Rec (masked-item training; see ``BERT4RecMixin``) and FEARec (its contrastive loss encodes
-other samples' prefixes; see ``FEARecMixin``). Which base uses which adapter and mixins is declared
+Some bases get a small per-base mixin placed before ``LLM4SBRMixin`` in the MRO: BERT4Rec
+(masked-item training; see ``BERT4RecMixin``), FEARec (its contrastive loss encodes other samples'
+prefixes; see ``FEARecMixin``), and SR-GNN/GCSAN for speed only (their session graphs built batched,
+the same graphs: ``SRGNNGraphMixin``, ``GCSANGraphMixin``). Which base uses which adapter and mixins is declared
 in ``bases.py``; README's "Base models" table lists the pair chosen for each base (``GLOBAL``/``LOCAL``
 below are the same words).
 """
@@ -261,6 +262,50 @@ class BERT4RecMixin:
     def _base_full_sort_predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return seq_output @ self.item_embedding.weight[: self.n_items].t() + self.output_bias
+
+
+def session_graphs(item_seq: torch.Tensor):
+    """RecBole's SR-GNN/GCSAN ``_get_slice`` for the whole batch at once (no per-sample numpy loop):
+    ``(alias_inputs, A, items, mask)`` exactly as ``SRGNN._get_slice`` builds them, on ``item_seq``'s
+    device (tests/test_srgnn_graph.py compares them with RecBole's on random batches).
+
+    Per row: ``items`` = its sorted unique ids (0 included when padded) then zeros; ``alias_inputs`` =
+    each position's index in ``items``; ``A = [A_in | A_out]`` ``[L, 2L]`` from the edges
+    ``seq[i] -> seq[i+1]`` up to the first padding at position >= 1, ``A_in`` normalised by the
+    target's in-degree (transposed), ``A_out`` by the source's out-degree (zero degrees count 1)."""
+    batch, width = item_seq.shape
+    mask = item_seq.gt(0)
+    ordered, order = item_seq.sort(dim=1)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    rank = first.long().cumsum(dim=1) - 1  # index of each sorted entry's value among the unique ids
+    items = torch.zeros_like(item_seq).scatter_(1, rank, ordered)
+    alias_inputs = torch.empty_like(item_seq).scatter_(1, order, rank)
+    # edge i -> i+1 while no padding has appeared in seq[1..i+1] (RecBole's loop breaks there)
+    valid = (item_seq[:, 1:] == 0).long().cumsum(dim=1) == 0
+    rows, steps = valid.nonzero(as_tuple=True)
+    adjacency = torch.zeros(batch, width, width, dtype=torch.float64, device=item_seq.device)
+    adjacency[rows, alias_inputs[rows, steps], alias_inputs[rows, steps + 1]] = 1.0
+    in_degree = adjacency.sum(dim=1).clamp_min(1.0)  # [B, L]: per target node
+    out_degree = adjacency.sum(dim=2).clamp_min(1.0)  # [B, L]: per source node
+    a_in = adjacency.transpose(1, 2) / in_degree.unsqueeze(2)
+    a_out = adjacency / out_degree.unsqueeze(2)
+    return alias_inputs, torch.cat([a_in, a_out], dim=2).float(), items, mask
+
+
+class SRGNNGraphMixin:
+    """``LLM4SBR_SRGNN``: RecBole's ``_get_slice`` (a numpy loop per sample, about a third of SR-GNN's
+    epoch on CPU) replaced by ``session_graphs``: the same graphs, built batched on the model's device."""
+
+    def _get_slice(self, item_seq):
+        return session_graphs(item_seq)
+
+
+class GCSANGraphMixin:
+    """``LLM4SBR_GCSAN``: as ``SRGNNGraphMixin`` (GCSAN's ``_get_slice`` is SR-GNN's without ``mask``)."""
+
+    def _get_slice(self, item_seq):
+        return session_graphs(item_seq)[:3]
 
 
 class FEARecMixin:
