@@ -5,31 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_llm4sbr.data import intents as intents_module
 from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.model.semantic import ALIGN_WEIGHTS, EIMFSemantic, info_nce
 from recbole_llm4sbr.validation import validate
-from tinydata import synthetic_intents, write_tiny_dataset
+from tinydata import build_tiny_model, use_synthetic_intents
 
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
-    folder = write_tiny_dataset(tmp_path)
-    table = synthetic_intents(folder)
-    monkeypatch.setattr(intents_module, "load_dataset_intents", lambda config, logger=None: table)
-    return tmp_path, table
+    return use_synthetic_intents(tmp_path, monkeypatch)
 
 
-def build_model(tmp_path, model="LLM4SBR_SRGNN", **overrides):
-    from recbole_llm4sbr.quick_start import build, make_config
-
-    config_dict = {"data_path": str(tmp_path), "epochs": 1, "show_progress": False, "state": "WARNING",
-                   "checkpoint_dir": str(tmp_path / "saved"), "train_batch_size": 32, "embedding_size": 16,
-                   "hidden_size": 16}
-    config_dict.update(overrides)
-    config = make_config(model, "tiny", config_dict=config_dict, read_cmd_line=False)
-    return build(config)
+build_model = build_tiny_model
 
 
 # ---- the loss on fixed tensors ----------------------------------------------------------------------

@@ -57,3 +57,28 @@ def synthetic_intents(folder, views=("long", "short"), d_text=12, seed=0, meta=N
     item_vec /= np.linalg.norm(item_vec, axis=1, keepdims=True)
     return DatasetIntents(Path(path) if path else folder / "intent", keys, list(views), vec, vec * 0.5,
                           dict(meta or {}), {k: i for i, k in enumerate(keys)}, items, item_vec)
+
+
+def use_synthetic_intents(tmp_path, monkeypatch):
+    """Write the tiny dataset into ``tmp_path`` and make stage 2 load a synthetic intent table for it
+    (no stage 1): ``(tmp_path, table)``."""
+    import torch
+
+    from recbole_llm4sbr.data import intents as intents_module
+
+    torch.set_num_threads(1)
+    table = synthetic_intents(write_tiny_dataset(tmp_path))
+    monkeypatch.setattr(intents_module, "load_dataset_intents", lambda config, logger=None: table)
+    return tmp_path, table
+
+
+def build_tiny_model(tmp_path, model="LLM4SBR_SRGNN", **overrides):
+    """``quick_start.build`` of a small ``model`` on the tiny dataset in ``tmp_path``."""
+    from recbole_llm4sbr.quick_start import build, make_config
+
+    config_dict = {"data_path": str(tmp_path), "epochs": 1, "show_progress": False, "state": "WARNING",
+                   "checkpoint_dir": str(tmp_path / "saved"), "train_batch_size": 32, "embedding_size": 16,
+                   "hidden_size": 16}
+    config_dict.update(overrides)
+    config = make_config(model, "tiny", config_dict=config_dict, read_cmd_line=False)
+    return build(config)
