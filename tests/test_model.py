@@ -137,3 +137,16 @@ def test_no_call_leaves_its_state_behind(tiny):
     with model.call_state(batch) as outer:
         model.full_sort_predict(batch)
         assert model._state is outer
+
+
+def test_the_intent_table_is_held_once_in_memory(tiny):
+    # the model's buffer shares the dataset's storage when it reads every view in table order, and
+    # takes its own copy only when it must differ (a subset of views, a control)
+    tmp_path, _ = tiny
+    dataset, _, model, _ = build_model(tmp_path)
+    assert model.intent_vectors.data_ptr() == dataset.intent_vectors.data_ptr()
+    dataset, _, model, _ = build_model(tmp_path, llm4sbr_views=["short"])
+    assert model.intent_vectors.data_ptr() != dataset.intent_vectors.data_ptr()
+    assert torch.equal(model.intent_vectors[:, 0], dataset.intent_vectors[:, 1].float())
+    dataset, _, model, _ = build_model(tmp_path, intent_control="shuffled")
+    assert model.intent_vectors.data_ptr() != dataset.intent_vectors.data_ptr()

@@ -129,7 +129,9 @@ class LLM4SBRMixin:
                 vectors, constant = None, self._mapped_intents.constant
                 d_text: Optional[int] = self._mapped_intents.d_text
             else:
-                vectors = vectors[:, view_index, :].float().contiguous()
+                if view_index != list(range(vectors.size(1))):  # else share the dataset's storage:
+                    vectors = vectors[:, view_index, :]          # the table is not held twice in RAM
+                vectors = vectors.float().contiguous()
                 vectors, constant = controlled_buffer(vectors, self.intent_control)
                 d_text = int(vectors.size(-1))
         else:  # LLM-free serving: no stage-1 artefact; the width comes from the checkpoint
