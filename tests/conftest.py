@@ -15,6 +15,11 @@ from pathlib import Path
 
 import pytest
 
+# Ray reads this when it is first imported, and vLLM imports Ray: set before any test module runs, so
+# the two-node loopback cluster of tests/test_scale_stage1.py stays on 127.0.0.1 even after the vLLM
+# tests (otherwise a driver is redirected to this host's outward IP and ray.init waits forever).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
