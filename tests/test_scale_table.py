@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -168,7 +170,10 @@ def test_the_mapped_table_gives_the_same_model_as_the_copied_one(mapped_tiny, co
         torch.testing.assert_close(mapped._mapped_intents.dense(), copied.intent_vectors)
     else:
         assert torch.equal(mapped._mapped_intents.dense(), copied.intent_vectors)
-    torch.testing.assert_close(mapped.intent_constant, copied.intent_constant)
+    if control == "constant":
+        torch.testing.assert_close(mapped.intent_constant, copied.intent_constant)
+    else:  # only the constant control and intent dropout read the constant: no pass over the mapped rows
+        assert mapped.intent_constant is None
     mapped.load_state_dict(copied.state_dict())
     mapped.eval(), copied.eval()
     with torch.no_grad():
@@ -178,6 +183,61 @@ def test_the_mapped_table_gives_the_same_model_as_the_copied_one(mapped_tiny, co
     loss = loss if torch.is_tensor(loss) else sum(loss)
     loss.backward()
     assert mapped.projection.weight.grad is not None
+
+
+def test_intent_dropout_on_a_mapped_table_drops_to_the_constant(mapped_tiny):
+    _, _, mapped = build_model(mapped_tiny, intent_mmap=True, intent_dropout=1.0)
+    _, _, copied = build_model(mapped_tiny, intent_mmap=False, intent_dropout=1.0)
+    torch.testing.assert_close(mapped.intent_constant, copied.intent_constant)
+    from recbole_llm4sbr.model.controls import drop_intents
+
+    rows = mapped._mapped_intents.gather(torch.arange(1, 5))
+    torch.testing.assert_close(drop_intents(rows, mapped.intent_constant, 1.0),
+                               copied.intent_constant.expand(4, -1, -1))
+
+
+def _resident_kb(path) -> int:
+    """Resident KB of this process's mappings of ``path`` (Linux ``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps", encoding="utf-8"):
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux /proc/self/smaps")
+def test_gathers_drop_the_mapped_pages_from_the_process(tmp_path, monkeypatch):
+    """A rank's RSS must follow its own memory, not how much of a huge mapped table it has read: the
+    pages it touched leave the process (they stay in the page cache) and the rows read stay right."""
+    from recbole_llm4sbr.intent import table as table_module
+    from recbole_llm4sbr.model import mapped_intents
+    from recbole_llm4sbr.model.controls import IntentControl
+
+    path = tmp_path / "vectors.npy"
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((8192, 2, 256)).astype(np.float16)  # 8 MiB
+    np.save(path, data)
+    source = np.load(path, mmap_mode="r")
+    rows = np.concatenate([[-1], np.arange(len(data))])
+    monkeypatch.setattr(mapped_intents, "DROP_EVERY_BYTES", 1 << 40)  # never: pages accumulate
+    kept = mapped_intents.MappedIntents(source, rows, [0, 1], IntentControl())
+    for s in range(1, len(rows), 1024):
+        kept.gather(torch.arange(s, min(s + 1024, len(rows))))
+    assert _resident_kb(path) > 6 * 1024  # every page was read and is still mapped in
+    assert table_module.drop_resident_pages(source)
+    assert _resident_kb(path) < 1024
+    monkeypatch.setattr(mapped_intents, "DROP_EVERY_BYTES", 1 << 20)
+    dropping = mapped_intents.MappedIntents(source, rows, [0, 1], IntentControl())
+    peak = 0
+    for s in range(1, len(rows), 512):
+        got = dropping.gather(torch.arange(s, min(s + 512, len(rows))))
+        torch.testing.assert_close(got, torch.from_numpy(data[s - 1 : s - 1 + len(got)].astype(np.float32)))
+        peak = max(peak, _resident_kb(path))
+    assert peak < 4 * 1024  # about DROP_EVERY_BYTES of float32 reads = 512 KiB of float16 pages, plus a batch
+    assert not table_module.drop_resident_pages(np.zeros(4))  # an in-memory array: nothing to drop
 
 
 def test_localization_off_maps_the_raw_answers(mapped_tiny):

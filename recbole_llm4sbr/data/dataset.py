@@ -15,6 +15,8 @@ from recbole.utils import FeatureSource, FeatureType
 from recbole_llm4sbr.intent.keys import prefix_key
 
 REQUIRED_COLUMNS = ("item_id_list:token_seq", "item_id:token")
+#: the training-only text heads (model/semantic.py) that read ``item_text_vectors``
+TEXT_HEAD_WEIGHTS = ("text_target_weight", "eimf_weight")
 
 
 class DatasetFileError(ValueError):
@@ -46,6 +48,21 @@ def check_benchmark_files(data_dir: str, dataset: str, parts) -> None:
                 f"tab-separated fields, the header {len(columns)}. {fix}")
 
 
+def copy_rows(source: np.ndarray, rows: np.ndarray, block_rows: int = 4096) -> np.ndarray:
+    """``[1 + len(rows), ...]`` float32: row 0 zero (padding), then ``source[rows]``, read in row blocks
+    so that no second full-size temporary exists; the pages read from a mapped ``source`` are dropped
+    from this process afterwards (they stay in the page cache: ``intent.table.drop_resident_pages``)."""
+    from recbole_llm4sbr.intent.table import drop_resident_pages
+
+    out = np.zeros((len(rows) + 1,) + tuple(source.shape[1:]), dtype=np.float32)
+    order = np.argsort(rows, kind="stable")  # the mapping's pages in order
+    for s in range(0, len(rows), block_rows):
+        block = order[s : s + block_rows]
+        out[1 + block] = source[rows[block]]
+    drop_resident_pages(source)
+    return out
+
+
 class LLM4SBRDataset(SequentialDataset):
     """SequentialDataset over benchmark files, with a ``prefix_key`` token field on every sample.
 
@@ -57,7 +74,7 @@ class LLM4SBRDataset(SequentialDataset):
     ``intent_source[intent_rows[id]]`` is that row (``intent_source``: the read-only mapping,
     ``intent_rows``: int64 ``[num_keys]``, -1 for the padding key). ``item_text_vectors[item id]`` is the
     item's text embedding from the same table (``[item_num, d_text]``, row 0 zero; None when the table
-    has none), the target of EIMF's semantic prediction task.
+    has none, or when neither of ``TEXT_HEAD_WEIGHTS`` is above 0), the target of the text heads.
     """
 
     def __init__(self, config):
@@ -102,8 +119,9 @@ class LLM4SBRDataset(SequentialDataset):
             self.intent_source = source
             self.intent_rows = np.concatenate([np.array([-1], dtype=np.int64), rows])
         else:
-            vectors = np.zeros((len(tokens),) + source.shape[1:], dtype=np.float32)
-            vectors[1:] = source[rows]
-            self.intent_vectors = torch.from_numpy(vectors)
-        item_text = table.item_text_matrix(self.field2id_token[self.iid_field])
-        self.item_text_vectors = None if item_text is None else torch.from_numpy(item_text)
+            self.intent_vectors = torch.from_numpy(copy_rows(source, rows))
+        if any(float(self.config[key] or 0.0) > 0 for key in TEXT_HEAD_WEIGHTS):
+            # only the training-only text heads read the catalogue's text embeddings ([items, d_text]
+            # float32: 30 MB for 20k items), so nothing else holds them
+            item_text = table.item_text_matrix(self.field2id_token[self.iid_field])
+            self.item_text_vectors = None if item_text is None else torch.from_numpy(item_text)

@@ -373,3 +373,22 @@ def _advise_random(*arrays: np.ndarray) -> None:
                 m.madvise(_mmap.MADV_RANDOM)
             except (OSError, ValueError):
                 pass
+
+
+def drop_resident_pages(array: np.ndarray) -> bool:
+    """``madvise(MADV_DONTNEED)`` over the whole mapping behind ``array`` (a ``np.memmap`` or a view of
+    one): its pages leave this process's RSS and stay in the page cache. False when ``array`` is not
+    mapped or the platform has no ``madvise`` (nothing to do: an in-memory array is the process's own)."""
+    import mmap as _mmap
+
+    base = array
+    while base is not None and getattr(base, "_mmap", None) is None:
+        base = getattr(base, "base", None)
+    handle = getattr(base, "_mmap", None) if base is not None else None
+    if handle is None or not hasattr(handle, "madvise") or not hasattr(_mmap, "MADV_DONTNEED"):
+        return False
+    try:
+        handle.madvise(_mmap.MADV_DONTNEED)
+    except (OSError, ValueError):
+        return False
+    return True

@@ -7,6 +7,12 @@ or float32 as stored) and a small int64 map ``intent_rows`` from its prefix-key 
 constant computed in row blocks, and ``gather`` reads a batch's rows from the mapping as float32 on
 the keys' device. The model keeps it as a plain attribute: no parameter, no buffer, nothing in the
 ``state_dict`` and nothing DDP broadcasts (each rank maps the same file; the page cache is shared).
+
+Pages read through a mapping count in the process's RSS until they are unmapped, although they belong
+to the page cache (shared by every rank, reclaimable by the kernel). After every ``DROP_EVERY_BYTES``
+read, ``madvise(MADV_DONTNEED)`` drops the mapping's resident pages from this process; they stay
+cached (the next read is a page-cache hit, not a disk read), so a rank's RSS follows its own memory,
+not how much of a huge table it has touched.
 """
 from __future__ import annotations
 
@@ -15,10 +21,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from recbole_llm4sbr.intent.table import drop_resident_pages
 from recbole_llm4sbr.model.controls import IntentControl, shuffle_order
 
-#: rows per block when the constant (the mean of the real rows) is computed
-MEAN_BLOCK_ROWS = 65536
+#: rows per block when the constant (the mean of the real rows) is computed (a block is read as float32:
+#: 4096 rows of 2 views x 384 are 12 MB)
+MEAN_BLOCK_ROWS = 4096
+#: bytes read from the mapping between two drops of its resident pages (module docstring)
+DROP_EVERY_BYTES = 32 << 20
 
 
 class MappedIntents:
@@ -31,7 +41,11 @@ class MappedIntents:
         self.rows = rows
         self.mode = control.mode
         self.d_text = int(source.shape[-1])
-        self.constant = self._mean_of_real_rows()  # [V, d] float32
+        self._read_since_drop = 0
+        # the constant is read only by the `constant` control and intent dropout: the others never pay
+        # for a pass over the rows
+        needed = self.mode == "constant" or control.dropout > 0
+        self.constant = self._mean_of_real_rows() if needed else None  # [V, d] float32
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -44,6 +58,10 @@ class MappedIntents:
         out = np.empty((len(rows), len(self.view_index), self.d_text), dtype=np.float32)
         out[order] = self.source[safe[order][:, None], self.view_index[None, :]]
         out[pad] = 0.0
+        self._read_since_drop += len(rows) * len(self.view_index) * self.d_text * self.source.itemsize
+        if self._read_since_drop >= DROP_EVERY_BYTES:
+            drop_resident_pages(self.source)
+            self._read_since_drop = 0
         return out
 
     def _mean_of_real_rows(self) -> torch.Tensor:
@@ -51,6 +69,8 @@ class MappedIntents:
         real = np.sort(self.rows[1:])
         for s in range(0, len(real), MEAN_BLOCK_ROWS):
             total += self._read(real[s : s + MEAN_BLOCK_ROWS]).sum(axis=0, dtype=np.float64)
+        drop_resident_pages(self.source)
+        self._read_since_drop = 0
         return torch.from_numpy((total / max(len(real), 1)).astype(np.float32))
 
     def gather(self, keys: torch.Tensor) -> torch.Tensor:
