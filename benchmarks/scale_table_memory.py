@@ -241,7 +241,8 @@ def main(argv=None):
         if base is not None:
             r["rss_ratio"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 3)
             r["anon_ratio"] = round(r["peak_anon_mb"] / base["peak_anon_mb"], 3)
-    report = {"prefixes": args.prefixes, "sessions": args.sessions, "items": args.items, "base": args.base,
+    report = {"command": "python benchmarks/scale_table_memory.py " + " ".join(argv or sys.argv[1:]),
+              "prefixes": args.prefixes, "sessions": args.sessions, "items": args.items, "base": args.base,
               "epochs": args.epochs, "table": str(folder), "runs": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -48,10 +48,11 @@ def check_benchmark_files(data_dir: str, dataset: str, parts) -> None:
                 f"tab-separated fields, the header {len(columns)}. {fix}")
 
 
-def copy_rows(source: np.ndarray, rows: np.ndarray, block_rows: int = 4096) -> np.ndarray:
+def copy_rows(source: np.ndarray, rows: np.ndarray, block_rows: int = 512) -> np.ndarray:
     """``[1 + len(rows), ...]`` float32: row 0 zero (padding), then ``source[rows]``, read in row blocks
-    so that no second full-size temporary exists; the pages read from a mapped ``source`` are dropped
-    from this process afterwards (they stay in the page cache: ``intent.table.drop_resident_pages``)."""
+    so that no second full-size temporary exists; the pages each block read from a mapped ``source``
+    are dropped from this process (they stay in the page cache: ``intent.table.drop_resident_pages``;
+    512 rows map in at most ~32 MB, model/mapped_intents.py ``FAULT_AROUND_BYTES``)."""
     from recbole_llm4sbr.intent.table import drop_resident_pages
 
     out = np.zeros((len(rows) + 1,) + tuple(source.shape[1:]), dtype=np.float32)
@@ -59,7 +60,7 @@ def copy_rows(source: np.ndarray, rows: np.ndarray, block_rows: int = 4096) -> n
     for s in range(0, len(rows), block_rows):
         block = order[s : s + block_rows]
         out[1 + block] = source[rows[block]]
-    drop_resident_pages(source)
+        drop_resident_pages(source)
     return out
 
 
