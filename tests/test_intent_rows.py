@@ -46,6 +46,33 @@ def test_online_intent_is_the_tables_row(tmp_path, monkeypatch, backend):
         online.close()
 
 
+def test_online_intent_grounds_with_the_tables_approximate_index_built_once(tmp_path, monkeypatch):
+    """A table grounded with ``intent_ann: ivf`` must serve unseen prefixes through the same kind of
+    index (not an exact search: other rows than the table's), and a server must not rebuild the index
+    for every prefix."""
+    pytest.importorskip("faiss")
+    from recbole_llm4sbr.intent import localization
+
+    built = []
+    real_build = localization.build_index
+    monkeypatch.setattr(localization, "build_index",
+                        lambda faiss, items, kind: built.append(kind) or real_build(faiss, items, kind))
+    write_dataset(tmp_path)
+    settings = base_settings(tmp_path, intent_samples="all", intent_prompt_max_items=1, intent_ann="ivf",
+                             intent_faiss_threshold=2, intent_topr=2)
+    table = load_intent_table(build_intent_table(settings))
+    assert built == ["ivf"]  # the build: one index for all its answers
+    online = OnlineIntents(settings, table.path)
+    try:
+        for key in table.keys[:3]:
+            record = table.record(key)
+            np.testing.assert_allclose(online.infer(record["prefix"]).vectors, table.vectors[table.row(key)],
+                                       atol=1e-5)
+    finally:
+        online.close()
+    assert built == ["ivf", "ivf"]  # the server: one more, kept across its prefixes
+
+
 def test_prompts_and_fallback_of_one_prefix():
     texts = {"1": "Toy Story", "2": "Heat"}
     rows = PrefixPrompts("{items}\n{qualifier}", {"long": "long-term", "short": "short-term"}, texts, max_items=1)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -49,6 +49,9 @@ class Search:
     threshold: int = DEFAULT_THRESHOLD
     device: str = "cpu"
     query_chunk: int = 8192
+    #: faiss indexes this search has built, by (kind, catalogue): a long-lived search (online stage 1,
+    #: one prefix per call) builds its index once; each entry keeps its catalogue array alive
+    indexes: Dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> "Search":
@@ -118,13 +121,22 @@ def _faiss():
     return faiss
 
 
-def top_r_faiss(queries: np.ndarray, items: np.ndarray, r: int, kind: str = "flat", query_chunk: int = 8192):
+def top_r_faiss(queries: np.ndarray, items: np.ndarray, r: int, kind: str = "flat", query_chunk: int = 8192,
+                cache: Optional[Dict[Any, Any]] = None):
     """The top-r via a faiss inner-product index (``flat``: exact; ``ivf``/``hnsw``: approximate, see
-    ``ANN_PARAMS``), queries searched ``query_chunk`` at a time; None when faiss is not importable."""
+    ``ANN_PARAMS``), queries searched ``query_chunk`` at a time; None when faiss is not importable.
+    ``cache`` (``Search.indexes``) keeps the index for the next call over the same ``items`` object."""
     faiss = _faiss()
     if faiss is None:
         return None
-    index = build_index(faiss, np.ascontiguousarray(items, dtype=np.float32), kind)
+    key = (kind, id(items))
+    cached = None if cache is None else cache.get(key)
+    if cached is not None and cached[0] is items:
+        index = cached[1]
+    else:
+        index = build_index(faiss, np.ascontiguousarray(items, dtype=np.float32), kind)
+        if cache is not None:
+            cache[key] = (items, index)
     m = queries.shape[0]
     idx = np.empty((m, r), dtype=np.int64)
     sims = np.empty((m, r), dtype=np.float32)
@@ -179,7 +191,7 @@ def top_r(queries: np.ndarray, items: np.ndarray, r: int, search: Search, logger
     """The top-r by ``search`` (module docstring)."""
     n = items.shape[0]
     if search.approximate(n):
-        found = top_r_faiss(queries, items, r, search.kind, search.query_chunk)
+        found = top_r_faiss(queries, items, r, search.kind, search.query_chunk, search.indexes)
         if found is not None:
             idx, sims = found
             short = (idx < 0).any(axis=1)  # the index reached fewer than r items: exact for those
@@ -190,7 +202,7 @@ def top_r(queries: np.ndarray, items: np.ndarray, r: int, search: Search, logger
     if resolve_device(search.device).startswith("cuda"):
         return top_r_torch(queries, items, r, resolve_device(search.device))
     if n > search.threshold:
-        found = top_r_faiss(queries, items, r, "flat", search.query_chunk)
+        found = top_r_faiss(queries, items, r, "flat", search.query_chunk, search.indexes)
         if found is not None:
             return found
         logger.info(f"{n} items > intent_faiss_threshold but faiss is not installed: exact search (pip install faiss-cpu for speed)")

@@ -23,6 +23,7 @@ from .backends import get_backend, resolve_backend_name, resolve_samples
 from .errors import IntentError
 from .inputs import read_item_text
 from .keys import prefix_key
+from .localization import Search
 from .rows import Grounding, PrefixPrompts, unique_texts
 from .settings import intent_views, normalize_settings, prompt_max_items
 from .table import load_intent_table, read_meta
@@ -75,6 +76,9 @@ class OnlineIntents:
         self._encoder = None
         self._catalogue = None  # (tokens, vectors [n_items, d_text])
         self._cache: Dict[str, OnlineIntent] = {}
+        # the table's own search (intent_ann: an approximate index above the threshold, as the build
+        # grounded it), its index built on the first unseen prefix and kept
+        self._search = Search.from_settings(self.settings)
 
     # -- loaded once -----------------------------------------------------------------------------
     def backend(self):
@@ -121,7 +125,7 @@ class OnlineIntents:
         bs = int(self.settings.get("intent_encoder_batch_size") or 256)
         tokens, items = self.catalogue()
         grounding = Grounding(texts, enc.encode(self.encoder(), texts, bs, False), tokens, items, self.topr,
-                              int(self.settings.get("intent_faiss_threshold") or 200_000), self.log)
+                              self._search.threshold, self.log, search=self._search)
         vectors, raw, record = grounding.row(key, prefix, names, answers)
         result = OnlineIntent(key, prefix, names, vectors, raw, record)
         self._cache[key] = result
