@@ -88,7 +88,9 @@ def test_metric_order_and_parsers():
     with pytest.raises(ValueError, match="Unknown variant 'nope'"):
         parse_variants("nope")
     assert parse_seeds("3") == [2020, 2021, 2022] and parse_seeds("3", 7) == [7, 8, 9]
-    assert parse_seeds("1,42") == [1, 42]
+    assert parse_seeds("1,42") == [1, 42] and parse_seeds("2020,") == [2020]
+    with pytest.raises(ValueError, match=r"asks for 2020 seeds.*--seeds=2020,"):
+        parse_seeds("2020")  # a seed typed where the count goes
     assert parse_bases("SRGNN, GRU4Rec") == ["SRGNN", "GRU4Rec"]
     with pytest.raises(ValueError, match="stock base"):
         parse_bases("LLM4SBR_SRGNN")

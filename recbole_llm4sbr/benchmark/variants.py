@@ -80,8 +80,12 @@ def parse_variants(text) -> List[str]:
     return out
 
 
+#: a larger single number given to --seeds is taken for a seed, not a count, and refused
+MAX_SEED_COUNT = 100
+
+
 def parse_seeds(text, first: int = 2020) -> List[int]:
-    """``"3"`` -> ``[first, first+1, first+2]``; ``"1,7,42"`` -> exactly those seeds."""
+    """``"3"`` -> ``[first, first+1, first+2]``; ``"1,7,42"`` (or ``"2020,"``) -> exactly those seeds."""
     parts = [p for p in str(text).replace(" ", ",").split(",") if p.strip()]
     try:
         values = [int(p) for p in parts]
@@ -90,6 +94,10 @@ def parse_seeds(text, first: int = 2020) -> List[int]:
     if len(values) == 1 and "," not in str(text):
         if values[0] < 1:
             raise ValueError(f"--seeds={text}: the number of seeds must be at least 1")
+        if values[0] > MAX_SEED_COUNT:  # a seed typed as a count: --seeds=2020 would train 2020 seeds
+            raise ValueError(
+                f"--seeds={text} asks for {values[0]} seeds (a single number is a count). Fix: --seeds=5 "
+                f"(five seeds from --seed), or a list such as --seeds={values[0]}, for that one seed")
         return [first + i for i in range(values[0])]
     if len(set(values)) != len(values):
         raise ValueError(f"--seeds={text}: repeated seed")
