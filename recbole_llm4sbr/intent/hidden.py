@@ -14,8 +14,10 @@ the same way. ``d_text`` is then the LLM's hidden size (576 for SmolLM2-135M).
 The LLM is the transformers backend's own (``TransformersBackend``: GGUF via ``gguf_file=``, local
 files only, ``intent_device``/``intent_dtype``/``intent_num_threads``), so only that backend can give
 hidden states. Nothing is cached apart from the table itself: a table is built once per tag, and
-recomputing costs one forward pass per prompt (no decoding), far less than the text path's
-generation (measured: README, "Investigation").
+recomputing costs one forward pass per text, no decoding. Measured on ml-100k-session (typical 64,
+1 thread, bf16, machine shared): 42.5 s for the 128 prompts, 85 s for the 1,334 items; the text path
+spent 58.7 s generating answers to the same 128 prompts (its prefix-tree prefill shares the template
+and the two views' common tokens, which this plain right-padded batching does not) and 13 s in MiniLM.
 """
 from __future__ import annotations
 
