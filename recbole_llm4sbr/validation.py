@@ -179,6 +179,7 @@ RULES: Dict[str, Rule] = {
     "intent_budget": either(integer(1, example="64"), real(0, 1, low_open=True, high_open=True)),
     "intent_prompt_max_items": either(choice("auto"), integer(0, example="10")),
     "intent_short_items": integer(0, example="3"),
+    "intent_representation": choice("text", "hidden"),
     "vllm_tensor_parallel_size": integer(1, example="1"),
     "vllm_gpu_memory_utilization": real(0, 1, low_open=True, example="0.9"),
     "vllm_max_model_len": integer(1, example="4096"),

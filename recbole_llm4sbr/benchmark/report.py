@@ -522,6 +522,10 @@ class Report:
                       (f"- encoder: {info.get('encoder')}; r (intent_topr): {info.get('topr')}; "
                        f"samples: {info.get('intent_samples')}; views: {info.get('views')}; "
                        f"built {info.get('created')}")]
+            if (info.get("backend_info") or {}).get("representation") == "hidden":
+                lines.append("- intent_representation: hidden (each prompt's pooled last-layer LLM state, grounded in "
+                             "the catalogue embedded by the same LLM; the encoder above only placed the typical "
+                             "samples' clusters)")
             summary = info.get("summary") or {}
             if summary:
                 lines += ["", "| stage 1 | value |", "|---|---:|"]

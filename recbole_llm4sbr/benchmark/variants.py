@@ -11,7 +11,9 @@ Investigation (issue 11 item 4: why do the intents add nothing over a constant?)
 (EIMF's training-only use: the gates never read intents), ``eimf`` / ``train_only_eimf`` (EIMF's
 LLM-side semantic loss + modality alignment, ``eimf_weight`` 0.1 as in EIMF), ``drop30`` (intent
 dropout), ``au_hi`` / ``au_lo`` (the alignment weight), ``short3`` (the short view's prompt lists only
-the last 3 items, so the two views differ by construction; a stage-1 table of its own). Cheap to run
+the last 3 items, so the two views differ by construction; a stage-1 table of its own), ``hidden``
+(no generated text: the LLM's pooled last-layer state of each prompt, grounded in the catalogue
+embedded by the same LLM; a stage-1 table of its own). Cheap to run
 with ``--tune=reuse`` (one run per seed, the setting chosen for ``llm4sbr``).
 """
 from __future__ import annotations
@@ -60,6 +62,8 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant("au_lo", True, "alignment-uniformity weight 0.02", {"au_weight": 0.02}),
     Variant("short3", True, "short view prompted with the last 3 items only (views differ by construction)",
             {"intent_short_items": 3}),
+    Variant("hidden", True, "the LLM's last-layer state of each prompt as the intent (no generated text)",
+            {"intent_representation": "hidden"}),
 ]}
 
 ALIASES = {"full": "llm4sbr", "no_llm": "base", "no_localization": "no_loc", "no_alignment": "no_au"}

@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 from .backends import resolve_samples
 from .clean import CLEAN_VERSION
+from .hidden import POOLING, representation
 from .localization import Search
 from .prompts import template_version
 from .rows import short_view_items
@@ -66,6 +67,8 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
         ident["ann"] = ann
     if storage_dtype(settings) != "float32":  # float16 storage rounds the vectors
         ident["storage_dtype"] = storage_dtype(settings)
+    if representation(settings) != "text":  # the LLM's hidden states, not its answers; text keeps today's tags
+        ident["representation"] = dict(POOLING, kind=representation(settings))
     # through JSON, so it compares equal to the copy read back from meta.json
     return json.loads(json.dumps(ident, default=str))
 

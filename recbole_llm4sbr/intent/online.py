@@ -6,6 +6,8 @@ runs the per-prefix steps ``pipeline.build_intent_table`` runs (``rows.py``, sha
 the same backend as the table (``meta["backend"]``), the same encoder, and the table's own catalogue
 embeddings (``items.npy``) for the localization, so the vector is the one the table would hold.
 Backend, encoder and catalogue load once per ``OnlineIntents`` (the serving process keeps one).
+A table built with ``intent_representation: hidden`` (``meta["representation"]``) is served the same
+way: the prompts' pooled LLM states (``hidden.HiddenEncoder``) stand in for answer + encoder.
 
 Imports no RecBole (stage 1 runs in an LLM-only environment).
 """
@@ -21,10 +23,11 @@ import numpy as np
 from . import encoder as enc
 from .backends import get_backend, resolve_backend_name, resolve_samples
 from .errors import IntentError
+from .hidden import HiddenEncoder, check_backend, representation
 from .inputs import read_item_text
 from .keys import prefix_key
 from .localization import Search
-from .rows import Grounding, PrefixPrompts, unique_texts
+from .rows import Answer, Grounding, PrefixPrompts, unique_texts
 from .settings import intent_views, normalize_settings, prompt_max_items
 from .table import load_intent_table, read_meta
 
@@ -65,6 +68,9 @@ class OnlineIntents:
                 "serve with the settings the table was built with")
         self.backend_name = (meta or {}).get("backend") or resolve_backend_name(self.settings, self.log)
         self.encoder_name = str((meta or {}).get("encoder") or self.settings.get("intent_encoder"))
+        self.hidden = ((meta or {}).get("representation") or representation(self.settings)) == "hidden"
+        if self.hidden:
+            check_backend({"intent_representation": "hidden"}, self.backend_name)
         self.topr = int((meta or {}).get("topr", self.settings.get("intent_topr") or 0) or 0)
         # the table's own prompt length (intent_prompt_max_items: auto = 10 with typical), so an unseen
         # prefix is asked exactly as the table's prefixes were
@@ -87,6 +93,8 @@ class OnlineIntents:
         return self._backend
 
     def encoder(self):
+        if self._encoder is None and self.hidden:  # the LLM itself embeds (catalogue and prompts)
+            self._encoder = HiddenEncoder(self.settings, self.log)
         if self._encoder is None:
             enc.set_cpu_threads(self.settings.get("torch_num_threads"))
             device = self.settings.get("intent_encoder_device") or self.settings.get("intent_device")
@@ -103,7 +111,9 @@ class OnlineIntents:
             else:
                 tokens = list(self.texts)
                 bs = int(self.settings.get("intent_encoder_batch_size") or 256)
-                vectors = enc.encode(self.encoder(), [self.texts[t] or t for t in tokens], bs, False)
+                texts = [self.texts[t] or t for t in tokens]
+                vectors = (self.encoder().encode(texts) if self.hidden
+                           else enc.encode(self.encoder(), texts, bs, False))
                 self._catalogue = (tokens, vectors)
         return self._catalogue
 
@@ -120,18 +130,28 @@ class OnlineIntents:
         if key in self._cache:
             return self._cache[key]
         names = self.rows.view_names
-        answers = self.rows.answers(prefix, self.backend().generate(self.rows.prompts(prefix)))
+        if self.hidden:  # no generation: each prompt's pooled LLM state (pipeline.hidden_rows)
+            answers = [Answer(p) for p in self.rows.prompts(prefix)]
+        else:
+            answers = self.rows.answers(prefix, self.backend().generate(self.rows.prompts(prefix)))
         texts = unique_texts(answers)
         bs = int(self.settings.get("intent_encoder_batch_size") or 256)
         tokens, items = self.catalogue()
-        grounding = Grounding(texts, enc.encode(self.encoder(), texts, bs, False), tokens, items, self.topr,
-                              self._search.threshold, self.log, search=self._search)
+        embeddings = self.encoder().encode(texts) if self.hidden else enc.encode(self.encoder(), texts, bs, False)
+        grounding = Grounding(texts, embeddings, tokens, items, self.topr, self._search.threshold, self.log,
+                              search=self._search)
         vectors, raw, record = grounding.row(key, prefix, names, answers)
+        if self.hidden:
+            for entry in record["views"].values():
+                entry["answer"] = None
         result = OnlineIntent(key, prefix, names, vectors, raw, record)
         self._cache[key] = result
         return result
 
     def close(self) -> None:
+        if self.hidden and self._encoder is not None:
+            self._encoder.close()
+            self._encoder = None
         if self._backend is not None:
             self._backend.close()
             self._backend = None
