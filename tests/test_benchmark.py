@@ -1,6 +1,7 @@
 """The benchmark: aggregation on hand-checked numbers, reports from fixed cells, and a two-cell end-to-end
 run on a tiny dataset (resumable: a rerun trains nothing; a crash loses only the cell in progress)."""
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -282,6 +283,20 @@ def test_fair_protocol_two_cells_end_to_end_then_rerun_trains_nothing(tiny):
     (folder / "report.md").unlink()
     assert main(argv) == 0
     assert len(calls) == 4 and (folder / "report.md").is_file()
+    # a cell trained on another intent table (e.g. bf16 answers where this machine's settings name a
+    # float32 table) is kept aside, never overwritten, and trained again on this run's table
+    other = sorted((folder / "cells").glob("GRU4Rec__arch__*.json"))[0]
+    data = json.loads(other.read_text())
+    data["intent"]["tag"] = "text-00000000"
+    other.write_text(json.dumps(data))
+    for seed_cell in sorted((folder / "cells").glob("GRU4Rec__base__*.json"))[:1]:
+        seed_cell.unlink()  # something to train: the run then checks every finished cell's table
+    assert main(argv) == 0
+    assert calls[4:5] == ["GRU4Rec"]
+    del calls[4]
+    assert calls[4:] == ["LLM4SBR_GRU4Rec"]
+    assert json.loads((folder / "cells" / "stale" / other.name).read_text())["intent"]["tag"] == "text-00000000"
+    assert json.loads(other.read_text())["intent"]["tag"] == final["arch"]["intent"]["tag"] != "text-00000000"
 
 
 def stub_trainer(trained, valid_of, test_of):

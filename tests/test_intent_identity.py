@@ -21,8 +21,17 @@ PINNED = [
 ]
 
 
+def resolve_dtype_as(monkeypatch, name):
+    """What ``intent_dtype: auto`` resolves to, as on a machine of that kind (CPU flags, GPU)."""
+    from recbole_llm4sbr.intent.backends import transformers_backend
+
+    monkeypatch.setattr(transformers_backend, "resolved_dtype_name",
+                        lambda settings: "float32" if settings.get("intent_dtype") == "float32" else name)
+
+
 @pytest.mark.parametrize("backend,overrides,tag", PINNED)
-def test_table_tag_is_stable(backend, overrides, tag):
+def test_table_tag_is_stable(backend, overrides, tag, monkeypatch):
+    resolve_dtype_as(monkeypatch, "float32")  # the pins are float32 machines' tags (no bf16 hardware)
     settings = load_settings(dataset="tiny", overrides=dict(overrides))
     assert table_tag(settings, backend) == tag, (
         "the table tag changed: every existing intent table would count as missing. If that is "
@@ -36,3 +45,17 @@ def test_identity_names_what_changes_the_table():
     assert table_tag(dict(s, intent_topr=3), "transformers") != table_tag(s, "transformers")
     # a setting outside the identity (batch size) keeps the table
     assert table_tag(dict(s, intent_batch_size=7), "transformers") == table_tag(s, "transformers")
+
+
+def test_a_bf16_machine_names_another_table(monkeypatch):
+    """`intent_dtype: auto` is bf16 on a GPU or a bf16 CPU and float32 elsewhere, and greedy answers
+    differ between them: one tag must not name both tables (a benchmark resumed on another machine
+    would mix them)."""
+    s = load_settings(dataset="tiny", overrides={"intent_device": "cpu"})
+    resolve_dtype_as(monkeypatch, "float32")
+    fp32 = table_tag(s, "transformers")
+    assert "resolved_dtype" not in table_identity(s, "transformers")
+    resolve_dtype_as(monkeypatch, "bfloat16")
+    assert table_identity(s, "transformers")["resolved_dtype"] == "bfloat16"
+    assert table_tag(s, "transformers") != fp32
+    assert table_tag(s, "text") == "text-50d28be2"  # no LLM, no dtype

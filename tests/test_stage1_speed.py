@@ -125,7 +125,8 @@ def test_send_order_puts_views_and_extensions_of_a_prefix_side_by_side():
 
 def _backend(model, **over):
     s = dict(intent_model=model, intent_max_tokens=6, intent_temperature=0.0, intent_top_p=1.0,
-             intent_seed=2024, intent_batch_size=3, intent_device="cpu", intent_num_threads=1)
+             intent_seed=2024, intent_batch_size=3, intent_device="cpu", intent_num_threads=1,
+             intent_dtype="float32")  # exact equalities: bf16 (auto on a bf16 CPU) has near-ties
     s.update(over)
     return TransformersBackend(s)
 

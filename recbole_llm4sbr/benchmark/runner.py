@@ -468,6 +468,10 @@ class Benchmark:
         self._cells: Dict[tuple, Cell] = {}
         self._loaded: Dict[Path, dict] = {}
         self._announced: set = set()
+        #: variant -> the intent table tag this run's settings use (set by ``run``; None: no check, as
+        #: for ``--report_only``, which shows every finished cell with the table it recorded)
+        self._table_tags: Optional[Dict[str, str]] = None
+        self._variant_tables: Dict[str, str] = {}  # variant -> tag of the table prepare_stage1 found
 
     # -- cells ------------------------------------------------------------------------------------------
 
@@ -580,8 +584,30 @@ class Benchmark:
             return None
         if data.get("format") != CELL_FORMAT:
             return None
+        if self._trained_on_another_table(path, data):
+            return None
         self._loaded[path] = data  # a finished cell's file never changes
         return data
+
+    def _trained_on_another_table(self, path: Path, data: dict) -> bool:
+        """A finished cell whose recorded intent table is not the one this run's settings name (e.g.
+        ``intent_dtype: auto`` is bf16 on this machine, float32 where the cell was trained: other
+        answers) is moved to ``cells/stale/`` (kept, never overwritten) and trained again."""
+        want = (self._table_tags or {}).get(str(data.get("variant")))
+        got = (data.get("intent") or {}).get("tag")
+        if not want or not got or got == want:
+            return False
+        stale = self.cells_dir / "stale"
+        stale.mkdir(parents=True, exist_ok=True)
+        target = stale / path.name
+        for n in itertools.count(1):
+            if not target.exists():
+                break
+            target = stale / f"{path.stem}.{n}{path.suffix}"
+        os.replace(path, target)
+        log.warning(f"{path.name} was trained on intent table {got}; this run's settings name {want}: moved "
+                    f"to {target} and trained again")
+        return True
 
     def grid_summary(self, base: str, variant: str) -> List[dict]:
         out = []
@@ -622,7 +648,7 @@ class Benchmark:
     # -- stage 1, before any timed cell -----------------------------------------------------------------
 
     def prepare_stage1(self, cells: Sequence[Cell]) -> None:
-        """Build (or find) every intent table the pending cells need, so that no cell's time or memory
+        """Build (or find) every intent table the cells need, so that no cell's time or memory
         includes stage 1; keeps each table's meta for the report."""
         from recbole_llm4sbr.config import Config
         from recbole_llm4sbr.data import intents as intents_module
@@ -640,6 +666,7 @@ class Benchmark:
             table = intents_module.load_dataset_intents(config, log)
             meta = dict(table.meta or {}) or read_intent_meta(table.path)
             self.stage1[str(table.path)] = meta
+            self._variant_tables[cell.variant] = Path(table.path).name
             backend = meta.get("backend", "unknown")
             model = (meta.get("backend_info") or {}).get("model")
             log.info(f"stage 1 for variant {cell.variant}: {table.path} (backend {backend}"
@@ -697,11 +724,16 @@ class Benchmark:
                 f"{self.seeds[0]}, " if self.searched else
                 f"protocol {self.protocol.name} ({_fmt_setting(self.settings_grid[0])}), ")
         pending = [c for c in self.runs() if self.load(c) is None]
+        if pending:
+            # with something to train, every table first (built when missing): a finished cell counts
+            # only if it was trained on the table this run's settings name on this machine
+            self.prepare_stage1(self.runs())
+            self._table_tags = dict(self._variant_tables)
+            self._loaded.clear()  # read again, now checked against those tables
+            pending = [c for c in self.runs() if self.load(c) is None]
         log.info(f"benchmark {self.dataset}: {len(self.bases)} bases x {len(self.variants)} variants x "
                  f"{len(self.seeds)} seeds = {n_final} cells; {grid}{total} training runs, "
                  f"{len(self._left())} to run -> {self.cells_dir}")
-        if pending:
-            self.prepare_stage1(pending)
         self._announce_choices()
         durations: Dict[tuple, List[float]] = {}
         attempted: set = set()

@@ -62,6 +62,14 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
     short_items = short_view_items(settings)
     if short_items:  # likewise: off (0) keeps today's tags
         ident["short_items"] = short_items
+    if backend == "transformers":  # `auto` is bf16 on a GPU or a bf16 CPU, float32 elsewhere: greedy
+        # answers differ (44 of 128 on ml-100k-session), so a bf16 table is another table; float32
+        # keeps the tags of every table built before this entry
+        from .backends.transformers_backend import resolved_dtype_name
+
+        resolved = resolved_dtype_name(dict(settings))
+        if resolved != "float32":
+            ident["resolved_dtype"] = resolved
     ann = Search.from_settings(settings).identity()
     if ann is not None:  # an approximate index changes results slightly; exact keeps today's tags
         ident["ann"] = ann
