@@ -154,6 +154,7 @@ def test_attribution_variants_config_and_digests():
     assert VARIANTS["arch"].model("GRU4Rec") == VARIANTS["shuffled"].model("GRU4Rec") == "LLM4SBR_GRU4Rec"
     # NARM's pairing question (README "Fidelity"): the same views, paired the other way round
     assert variant_config("swapped", user)["view_behaviour"] == {"long": "local", "short": "global"}
+    assert variant_config("all", user)["intent_samples"] == "all"  # per-prefix answers, not exemplars
     names = ["base", "llm4sbr", "text", "arch", "shuffled", "swapped", "no_au"]
     bench = Benchmark("ds", ["GRU4Rec"], names, [1], user, "unused", protocol="paper")
     assert len({c.digest for c in bench.plan()}) == len(names)

@@ -62,6 +62,8 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant("au_lo", True, "alignment-uniformity weight 0.02", {"au_weight": 0.02}),
     Variant("short3", True, "short view prompted with the last 3 items only (views differ by construction)",
             {"intent_short_items": 3}),
+    Variant("all", True, "every prefix asked (intent_samples: all), not typical samples' exemplars",
+            {"intent_samples": "all"}),
     Variant("hidden", True, "the LLM's last-layer state of each prompt as the intent (no generated text)",
             {"intent_representation": "hidden"}),
 ]}
