@@ -115,7 +115,9 @@ def test_verdict_rule():
     def c(lo):
         return {"boot": {"lo": lo}}
 
-    assert llm_verdict(c(0.01), c(0.02), c(0.01)) == "yes"
+    assert llm_verdict(c(0.01), c(0.02), c(0.01), c(0.001)) == "yes"
+    assert llm_verdict(c(0.01), c(0.02), c(0.01)).startswith("yes over the controls; no `text` cells")
+    assert llm_verdict(c(0.01), c(0.02), c(0.01), c(-0.007)).startswith("no LLM needed")  # text does as well
     assert llm_verdict(c(0.0), c(0.02), c(0.01)).startswith("no: not above the stock base")
     assert llm_verdict(c(0.01), c(-0.01), c(0.01)).startswith("no: not above `arch`")
     assert llm_verdict(c(0.01), c(0.02), c(-0.3)).startswith("no: `shuffled`")

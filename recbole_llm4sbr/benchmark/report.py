@@ -169,9 +169,11 @@ def cell_setting(cell: dict) -> dict | None:
     return cell.get("setting") or None
 
 
-def llm_verdict(vs_base: dict | None, vs_arch: dict | None, vs_shuffled: dict | None) -> str:
+def llm_verdict(vs_base: dict | None, vs_arch: dict | None, vs_shuffled: dict | None,
+                vs_text: dict | None = None) -> str:
     """The report's rule: a gain is the LLM's only if ``llm4sbr`` beats the stock base and ``arch`` with
-    the bootstrap CI above 0, and beats ``shuffled`` (other sessions' intents) too."""
+    the bootstrap CI above 0, and beats ``shuffled`` (other sessions' intents) too; and it needs the LLM
+    only if LLM-free ``text`` intents do not match it (without ``text`` cells the verdict says so)."""
     def lo(c):
         return c["boot"]["lo"] if c and c.get("boot") else None
 
@@ -184,6 +186,12 @@ def llm_verdict(vs_base: dict | None, vs_arch: dict | None, vs_shuffled: dict | 
             return {"base": "no: not above the stock base",
                     "arch": "no: not above `arch` (the wrapper, not the intents)",
                     "shuffled": "no: `shuffled` intents do as well"}[name]
+    if vs_text is None:
+        return "yes over the controls; no `text` cells: whether it needs the LLM is open"
+    if lo(vs_text) is None:
+        return "yes over the controls; n/a: no bootstrap vs `text`"
+    if lo(vs_text) <= 0:
+        return "no LLM needed: the intents help, but LLM-free `text` intents do as well"
     return "yes"
 
 
@@ -308,8 +316,8 @@ class Report:
              "the table's rows); `text` feeds LLM-free text intents (the prefix's own item names); `llm4sbr` "
              "feeds the LLM's intents. A gain is credited to the LLM only if `llm4sbr` beats both `base` and "
              "`arch` with the bootstrap 95 % CI of the difference above 0, and `shuffled` does not match it "
-             "(`llm4sbr` vs `shuffled` CI above 0 too). If `text` does as well as `llm4sbr`, the gain needs no "
-             "LLM."),
+             "(`llm4sbr` vs `shuffled` CI above 0 too). If `text` does as well as `llm4sbr` (its CI not above 0), "
+             "the gain needs no LLM: the verdict says so."),
             "",
             ("Columns: mean ± std over seeds; Δ: relative change of the means; t p: two-sided paired t-test over "
              "seeds (2 degrees of freedom with 3 seeds: a rough guide); bootstrap: observed difference of the "
@@ -392,7 +400,8 @@ class Report:
                 cis = [fmt_ci((found[o] or {}).get("boot")) if found[o] else "no cells"
                        for o in ("base", "arch", "shuffled", "text")]
                 lines.append(self._row([base, pretty_metric(m), *cis,
-                                        llm_verdict(found["base"], found["arch"], found["shuffled"])]))
+                                        llm_verdict(found["base"], found["arch"], found["shuffled"],
+                                                    found["text"])]))
         return [*lines, "", "Cells: bootstrap Δ of `llm4sbr` minus that variant [95 % CI].", "", self.caption(), ""]
 
     def cells_markdown(self) -> list[str]:
