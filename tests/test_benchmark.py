@@ -413,6 +413,25 @@ def test_concurrent_runs_share_cells_and_take_over_stale_locks(tmp_path):
     assert bench.cell_path(held).with_suffix(".lock").exists()  # the live holder's lock is left alone
 
 
+def test_a_run_of_one_base_keeps_the_other_bases_in_the_directorys_report(tmp_path):
+    """Running --base_models=GRU4Rec after SRGNN into one results folder must not drop SRGNN from
+    report.md; cells of another plan (other overrides) stay out."""
+    trained = []
+    trainer = stub_trainer(trained, lambda lr, s: 0.1, lambda lr, s: 0.2)
+    for base in ("SRGNN", "GRU4Rec"):
+        Benchmark("ds", [base], ["base"], [7], {}, tmp_path, trainer=trainer, commit="abc", protocol="paper").run()
+    Benchmark("ds", ["NARM"], ["base"], [7], {"epochs": "3"}, tmp_path, trainer=trainer, commit="abc",
+              protocol="paper").run()
+    (tmp_path / "ds" / "cells" / "notes__x__seed1__y.json").write_text("{}")  # not a base: ignored
+    gru = Benchmark("ds", ["GRU4Rec"], ["base"], [7], {}, tmp_path, trainer=trainer, commit="abc", protocol="paper")
+    shown = gru.with_bases_on_disk()
+    assert shown.bases == ["GRU4Rec", "SRGNN"] and gru.bases == ["GRU4Rec"]
+    assert sorted(c["base"] for c in shown.finished()) == ["GRU4Rec", "SRGNN"]
+    alone = Benchmark("ds", ["SRGNN"], ["base"], [7, 8], {}, tmp_path / "elsewhere", trainer=trainer,
+                      commit="abc", protocol="paper")
+    assert alone.with_bases_on_disk() is alone
+
+
 def test_reuse_mode_trains_other_variants_once_with_the_setting_chosen_for_llm4sbr(tmp_path):
     trained = []
     # validation prefers lr 1e-3 with steps (the test numbers are all alike: the choice cannot peek)

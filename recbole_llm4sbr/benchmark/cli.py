@@ -138,8 +138,12 @@ def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides:
     if report_only:
         log.info(f"report only: {len(bench.finished())} of {len(bench.slots())} cells finished")
     else:
-        bench.run(report=lambda b: write_reports(b, plot=False, quiet=True))
-    paths = write_reports(bench, plot=plot)
+        bench.run(report=lambda b: write_reports(b.with_bases_on_disk(), plot=False, quiet=True))
+    shown = bench.with_bases_on_disk()  # the directory's report keeps the other bases' finished cells
+    if shown is not bench:
+        log.info(f"the report also shows {', '.join(shown.bases[len(bench.bases):])}: finished cells of this "
+                 f"plan already in {bench.cells_dir}")
+    paths = write_reports(shown, plot=plot)
     return bench, paths
 
 

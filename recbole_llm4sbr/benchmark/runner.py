@@ -57,6 +57,7 @@ paper) and ``at_cap`` (``best_epoch + 1 >= epochs_max``: the cap, not convergenc
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
 import hashlib
@@ -73,6 +74,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from recbole_llm4sbr.errors import LLM4SBRError
 from recbole_llm4sbr.benchmark.variants import VARIANTS, variant_config
+from recbole_llm4sbr.model.bases import BASES
 
 CELL_FORMAT = 2
 #: overrides that never change a result (left out of the cell digest)
@@ -588,6 +590,25 @@ class Benchmark:
             return None
         self._loaded[path] = data  # a finished cell's file never changes
         return data
+
+    def with_bases_on_disk(self) -> "Benchmark":
+        """This plan widened by the other bases with finished cells of it (same variants, seeds and
+        overrides) in ``cells_dir``, so that the directory's report of a run of one base does not drop
+        another base's results; ``self`` when there are none."""
+        found = sorted({p.name.split("__", 1)[0] for p in self.cells_dir.glob("*__*__seed*__*.json")}
+                       - set(self.bases))
+        found = [b for b in found if b in BASES]  # a RecBole sequential model, not a stray file
+        if not found:
+            return self
+        wide = copy.copy(self)
+        wide.bases = self.bases + found
+        wide._cells, wide._loaded, wide._announced = {}, {}, set()
+        kept = {c["base"] for c in wide.finished()}
+        if not kept - set(self.bases):
+            return self
+        wide.bases = self.bases + [b for b in found if b in kept]
+        wide._cells = {}
+        return wide
 
     def _trained_on_another_table(self, path: Path, data: dict) -> bool:
         """A finished cell whose recorded intent table is not the one this run's settings name (e.g.
