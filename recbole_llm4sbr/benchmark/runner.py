@@ -603,6 +603,7 @@ class Benchmark:
         wide = copy.copy(self)
         wide.bases = self.bases + found
         wide._cells, wide._loaded, wide._announced = {}, {}, set()
+        wide._table_tags = None  # a view for the report: it moves no cell (only a run checks tables)
         kept = {c["base"] for c in wide.finished()}
         if not kept - set(self.bases):
             return self
