@@ -11,6 +11,7 @@ from intent_helpers import base_settings, write_dataset
 from recbole_llm4sbr.intent import build_intent_table, load_intent_table
 from recbole_llm4sbr.intent.backends import REGISTRY
 from recbole_llm4sbr.intent.online import OnlineIntents
+from recbole_llm4sbr.intent.inputs import read_item_text
 from recbole_llm4sbr.intent.rows import Answer, PrefixPrompts
 
 torch.set_num_threads(1)
@@ -106,3 +107,21 @@ def test_short_items_shortens_only_the_short_views_prompt():
         short_view_items(dict(settings, intent_short_items=3, intent_views={"long": "long-term"}))
     with pytest.raises(IntentError, match="intent_short_items"):
         short_view_items(dict(settings, intent_short_items=-1))
+
+
+def test_show_prints_each_views_own_prompt(tmp_path):
+    """With intent_short_items the short-term prompt lists fewer items: `intent show` must print what
+    each view was really asked, not the first view's prompt for all."""
+    import io
+
+    from recbole_llm4sbr.intent.show import show_session
+
+    write_dataset(tmp_path)
+    settings = base_settings(tmp_path, intent_samples="all", intent_short_items=1)
+    build_intent_table(settings)
+    out = io.StringIO()
+    assert show_session(settings, "5", out) == 2
+    text = out.getvalue()
+    long_prompt, short_prompt = PrefixPrompts.from_settings(settings, read_item_text(settings), 0).prompts(["5", "6", "7"])
+    assert long_prompt != short_prompt
+    assert f"--- prompt (view long)\n{long_prompt}\n" in text and f"--- prompt (view short)\n{short_prompt}\n" in text

@@ -14,8 +14,8 @@ from .backends import resolve_samples
 from .errors import IntentError
 from .inputs import read_item_text, read_samples
 from .pipeline import locate_table
-from .rows import PrefixPrompts
-from .settings import intent_views, normalize_settings, prompt_max_items
+from .rows import PrefixPrompts, short_view_items
+from .settings import answer_max_chars, intent_views, normalize_settings, prompt_max_items
 from .table import load_intent_table, read_meta
 
 
@@ -45,9 +45,9 @@ def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[Tex
         records.update({r["key"]: r for r in table.answers(exemplars)})
     views = intent_views(settings)
     template = table.meta.get("template", settings.get("intent_template", ""))
-    first = next(iter(views))  # the other views' prompts differ only in the qualifier
-    prompts = PrefixPrompts(template, {first: views[first]}, texts,
-                            prompt_max_items(settings, resolve_samples(settings, backend)[0]))
+    # every view's own prompt: they differ in the qualifier and, with intent_short_items, in the items
+    prompts = PrefixPrompts(template, views, texts, prompt_max_items(settings, resolve_samples(settings, backend)[0]),
+                            answer_max_chars(settings), short_view_items(settings))
     w = out.write
     w(f"intent table: {folder}\nbackend: {table.meta.get('backend')} {table.meta.get('backend_info')}\n")
     for n, s in enumerate(mine, start=1):
@@ -61,12 +61,15 @@ def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[Tex
             asked = records[ex]["prefix"]
             w(f"(intent_samples: typical: no LLM call of its own; it shares the answers of the exemplar {ex}, "
               f"a train prefix of {len(asked)} items)\n")
-        w(f"--- prompt (view {first}; the other views differ only in the qualifier)\n")
-        w(prompts.prompts(asked)[0] + "\n")
+        asked_prompts = dict(zip(prompts.view_names, prompts.prompts(asked)))
         if rec is None:
+            for v, prompt in asked_prompts.items():
+                w(f"--- prompt (view {v})\n{prompt}\n")
             w("(this prefix is not in the table: it is stale, rebuild it)\n")
             continue
         for v in table.views:
+            if v in asked_prompts:
+                w(f"--- prompt (view {v})\n{asked_prompts[v]}\n")
             e = rec["views"].get(v, {})
             note = f"  [fallback: {e['fallback']}]" if e.get("fallback") else ""
             w(f"--- view {v} ({table.meta.get('qualifiers', {}).get(v, v)}): {e.get('answer', '')!r}{note}\n")
