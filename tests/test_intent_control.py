@@ -8,7 +8,7 @@ import torch
 from recbole_llm4sbr.data import intents as intents_module
 from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.model.controls import IntentControl, shuffle_order
-from tinydata import synthetic_intents, write_tiny_dataset
+from tinydata import build_tiny_batch, synthetic_intents, write_tiny_dataset
 
 
 @pytest.fixture
@@ -19,13 +19,7 @@ def tiny(tmp_path, monkeypatch):
 
 
 def build_model(root, **overrides):
-    from recbole_llm4sbr.quick_start import build, make_config
-
-    config_dict = {"data_path": str(root), "show_progress": False, "state": "WARNING",
-                   "checkpoint_dir": str(root / "saved"), "train_batch_size": 32, **overrides}
-    config = make_config("LLM4SBR_SRGNN", "tiny", config_dict=config_dict, read_cmd_line=False)
-    dataset, (train, _, _), model, _ = build(config)
-    return dataset, next(iter(train)), model
+    return build_tiny_batch(root, **overrides)
 
 
 def with_keys_swapped(batch):

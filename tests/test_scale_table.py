@@ -18,7 +18,7 @@ from recbole_llm4sbr.intent import load_settings
 from recbole_llm4sbr.intent.identity import table_tag
 from recbole_llm4sbr.intent.localization import Search, localize
 from recbole_llm4sbr.intent.table import load_intent_table, lookup_rows, write_intent_table
-from tinydata import synthetic_intents, write_tiny_dataset
+from tinydata import build_tiny_batch, synthetic_intents, write_tiny_dataset
 
 faiss = pytest.importorskip("faiss")
 
@@ -65,7 +65,8 @@ def test_an_approximate_index_is_used_only_above_the_threshold(monkeypatch):
 
     used = []
     real = localization.top_r_faiss
-    monkeypatch.setattr(localization, "top_r_faiss", lambda q, x, r, kind="flat", chunk=8192: used.append(kind) or real(q, x, r, kind, chunk))
+    monkeypatch.setattr(localization, "top_r_faiss", lambda q, x, r, kind="flat", chunk=8192, cache=None:
+                        used.append(kind) or real(q, x, r, kind, chunk, cache))
     items, queries = clustered_catalogue(3000, 16, 50)
     small = localize(queries, items, 3, search=Search("hnsw", threshold=5000))
     assert used == []  # below the threshold: exact, the same as the default
@@ -148,13 +149,7 @@ def mapped_tiny(tmp_path, monkeypatch):
 
 
 def build_model(root, **overrides):
-    from recbole_llm4sbr.quick_start import build, make_config
-
-    config_dict = {"data_path": str(root), "show_progress": False, "state": "WARNING",
-                   "checkpoint_dir": str(root / "saved"), "train_batch_size": 32, **overrides}
-    config = make_config("LLM4SBR_SRGNN", "tiny", config_dict=config_dict, read_cmd_line=False)
-    dataset, (train, _, _), model, _ = build(config)
-    return dataset, next(iter(train)), model
+    return build_tiny_batch(root, **overrides)
 
 
 @pytest.mark.parametrize("control", ["none", "shuffled", "constant"])

@@ -82,3 +82,9 @@ def build_tiny_model(tmp_path, model="LLM4SBR_SRGNN", **overrides):
     config_dict.update(overrides)
     config = make_config(model, "tiny", config_dict=config_dict, read_cmd_line=False)
     return build(config)
+
+
+def build_tiny_batch(tmp_path, model="LLM4SBR_SRGNN", **overrides):
+    """``(dataset, the first training batch, model)`` of ``build_tiny_model``."""
+    dataset, (train, _, _), built, _ = build_tiny_model(tmp_path, model, **overrides)
+    return dataset, next(iter(train)), built
