@@ -22,7 +22,8 @@ PROMPTS = [
 
 def settings(model, **over):
     s = dict(intent_model=model, intent_max_tokens=6, intent_temperature=0.0, intent_top_p=1.0,
-             intent_seed=2024, intent_batch_size=4, intent_device="cpu")
+             intent_seed=2024, intent_batch_size=4, intent_device="cpu",
+             intent_dtype="float32")  # behaviour, not dtype resolution (test_stage1_speed): exact on any CPU
     s.update(over)
     return s
 
