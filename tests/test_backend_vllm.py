@@ -82,7 +82,7 @@ def test_vllm_matches_transformers_greedy(vllm_backend, tiny_chat_model):
     """Same chat template, same float32 weights, greedy: the two engines agree."""
     from recbole_llm4sbr.intent.backends.transformers_backend import TransformersBackend
 
-    tb = TransformersBackend(dict(vllm_settings(tiny_chat_model), intent_device="cpu"))
+    tb = TransformersBackend(dict(vllm_settings(tiny_chat_model), intent_device="cpu", intent_dtype="float32"))
     try:
         assert tb.generate(PROMPTS) == vllm_backend.generate(PROMPTS)
     finally:

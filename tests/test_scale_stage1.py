@@ -37,9 +37,11 @@ FAIL_ON = "Heat (1995)"
 
 
 def tf_settings(root: Path, model: str, **kw):
-    """The tiny random chat model, greedy, every prefix asked, one thread."""
+    """The tiny random chat model, greedy, every prefix asked, one thread, float32 (answers compared
+    exactly across processes whose batches differ: bf16, auto on a bf16 CPU, has near-ties)."""
     over = dict(intent_backend="transformers", intent_model=model, intent_max_tokens=6, intent_temperature=0.0,
-                intent_samples="all", intent_device="cpu", intent_num_threads=1, intent_batch_size=4)
+                intent_samples="all", intent_device="cpu", intent_num_threads=1, intent_batch_size=4,
+                intent_dtype="float32")
     over.update(kw)
     return base_settings(root, **over)
 
