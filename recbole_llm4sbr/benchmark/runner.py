@@ -473,7 +473,6 @@ class Benchmark:
         #: variant -> the intent table tag this run's settings use (set by ``run``; None: no check, as
         #: for ``--report_only``, which shows every finished cell with the table it recorded)
         self._table_tags: Optional[Dict[str, str]] = None
-        self._variant_tables: Dict[str, str] = {}  # variant -> tag of the table prepare_stage1 found
 
     # -- cells ------------------------------------------------------------------------------------------
 
@@ -669,18 +668,17 @@ class Benchmark:
 
     # -- stage 1, before any timed cell -----------------------------------------------------------------
 
-    def prepare_stage1(self, cells: Sequence[Cell]) -> None:
+    def prepare_stage1(self, cells: Sequence[Cell]) -> Dict[str, str]:
         """Build (or find) every intent table the cells need, so that no cell's time or memory
-        includes stage 1; keeps each table's meta for the report."""
+        includes stage 1; keeps each table's meta for the report. Returns variant -> table tag."""
         from recbole_llm4sbr.config import Config
         from recbole_llm4sbr.data import intents as intents_module
         from recbole_llm4sbr.quick_start.quick_start import prepare_dataset
 
-        seen = set()
+        tags: Dict[str, str] = {}
         for cell in cells:
-            if not VARIANTS[cell.variant].wrapped or cell.variant in seen:
+            if not VARIANTS[cell.variant].wrapped or cell.variant in tags:
                 continue
-            seen.add(cell.variant)
             config = Config(model=cell.model, dataset=self.dataset, config_file_list=self.config_files or None,
                             config_dict=self.config_dict(cell), read_cmd_line=False)
             prepare_dataset(config, log)
@@ -688,13 +686,14 @@ class Benchmark:
             table = intents_module.load_dataset_intents(config, log)
             meta = dict(table.meta or {}) or read_intent_meta(table.path)
             self.stage1[str(table.path)] = meta
-            self._variant_tables[cell.variant] = Path(table.path).name
+            tags[cell.variant] = Path(table.path).name
             backend = meta.get("backend", "unknown")
             model = (meta.get("backend_info") or {}).get("model")
             log.info(f"stage 1 for variant {cell.variant}: {table.path} (backend {backend}"
                      f"{', ' + str(model) if model else ''}; ready in {time.perf_counter() - t0:.1f} s)")
             del table
             release_memory()
+        return tags
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -749,8 +748,7 @@ class Benchmark:
         if pending:
             # with something to train, every table first (built when missing): a finished cell counts
             # only if it was trained on the table this run's settings name on this machine
-            self.prepare_stage1(self.runs())
-            self._table_tags = dict(self._variant_tables)
+            self._table_tags = self.prepare_stage1(self.runs())
             self._loaded.clear()  # read again, now checked against those tables
             pending = [c for c in self.runs() if self.load(c) is None]
         log.info(f"benchmark {self.dataset}: {len(self.bases)} bases x {len(self.variants)} variants x "
