@@ -160,3 +160,16 @@ def test_bad_values_and_backends_are_refused(tiny_data):
         get_backend(dict(s, intent_backend="text"), name="text")
     with pytest.raises(IntentError, match="no dataset"):
         constrained.catalogue_titles({"intent_decoding": "titles"})
+
+
+def test_sampled_answers_are_title_lists_too(tiny_chat_model, tiny_data):
+    """The mask is a LogitsProcessor in generate(): sampling (plain and shared paths) stays inside it."""
+    titles = set(constrained.catalogue_titles(tiny_data))
+    for sharing in (False, True):
+        b = _backend(tiny_chat_model, tiny_data, intent_temperature=1.5, intent_top_p=1.0, intent_decoding_titles=3,
+                     intent_prefix_sharing=sharing)
+        try:
+            answers = b.generate(PROMPTS)
+            assert all(_is_title_list(a, titles, 3) for a in answers), answers
+        finally:
+            b.close()

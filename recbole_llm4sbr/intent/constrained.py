@@ -22,6 +22,14 @@ boolean [rows, vocab] tensor per step (``index_put`` of each row's cached allowe
 ``advance`` a dict look-up per row; the transformers backend applies it in ``generate`` (as a
 ``LogitsProcessor``, ``TitlesProcessor``) and in its own prefix-shared greedy loop alike.
 
+Measured on ml-100k-session (typical 64, SmolLM2-135M, bf16, shared 2-core machine): every one of
+the 128 answers was a valid title list, and every one was the same title, ``Theodore Rex (1995)``:
+greedy decoding commits to the model's favourite first token, ``The`` (its free answers open with
+"The item is ..."), and MovieLens writes articles last ("Usual Suspects, The (1995)"), so only a few
+titles start with ``The``. Tried by hand, not built: titles with the article moved to the front
+collapse onto "The 39 Steps (1935)"; 4 constrained beams onto "12 Angry Men (1957)" (and 7x slower);
+the model's own preamble 'The item is a movie called "' before the title still onto Theodore Rex.
+
 Only the transformers backend can constrain its decoding (``CONSTRAINED_BACKENDS``); vLLM's guided
 decoding would need a regex over every title (not built), the OpenAI API offers no such constraint.
 """
