@@ -154,10 +154,10 @@ def test_bad_values_and_backends_are_refused(tiny_data):
     constrained.check_backend(s, "transformers")
     constrained.check_backend(dict(tiny_data, intent_decoding="free"), "text")  # free: any backend
 
-    from recbole_llm4sbr.intent.backends import get_backend
+    from recbole_llm4sbr.intent.pipeline import build_intent_table
 
-    with pytest.raises(IntentError, match="intent_decoding=titles"):  # before the backend starts
-        get_backend(dict(s, intent_backend="text"), name="text")
+    with pytest.raises(IntentError, match="intent_decoding=titles"):  # before anything is read or built
+        build_intent_table(dict(s, intent_backend="text"))
     with pytest.raises(IntentError, match="no dataset"):
         constrained.catalogue_titles({"intent_decoding": "titles"})
 

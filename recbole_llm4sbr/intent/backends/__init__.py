@@ -147,9 +147,6 @@ def get_backend(settings: Mapping[str, Any], logger: Optional[logging.Logger] = 
     ``name`` skips resolution when the caller already resolved it (so ``auto`` logs once).
     """
     name = name or resolve_backend_name(settings, logger)
-    from ..constrained import check_backend as check_decoding
-
-    check_decoding(settings, name)  # intent_decoding: titles needs a backend that can mask its logits
     cls = backend_class(name)
     try:
         return cls(dict(settings))
