@@ -180,6 +180,8 @@ RULES: Dict[str, Rule] = {
     "intent_prompt_max_items": either(choice("auto"), integer(0, example="10")),
     "intent_short_items": integer(0, example="3"),
     "intent_representation": choice("text", "hidden"),
+    "intent_decoding": choice("free", "titles"),
+    "intent_decoding_titles": integer(1, example="3"),
     "vllm_tensor_parallel_size": integer(1, example="1"),
     "vllm_gpu_memory_utilization": real(0, 1, low_open=True, example="0.9"),
     "vllm_max_model_len": integer(1, example="4096"),

@@ -48,6 +48,7 @@ WRONG = {
     "intent_ann": ["approximate", 1], "intent_storage_dtype": ["int8", 16], "intent_mmap": ["maybe", 2],
     "intent_samples": ["some", 1], "intent_budget": ["x", 0, 1.5], "intent_prompt_max_items": ["x", -1],
     "intent_short_items": ["x", -1], "intent_representation": ["embedding", 1],
+    "intent_decoding": ["beam", 1], "intent_decoding_titles": ["x", 0, 1.5],
     "vllm_tensor_parallel_size": ["x", 0], "vllm_gpu_memory_utilization": ["x", 0, 1.5],
     "vllm_max_model_len": ["x", 0], "vllm_dtype": ["", 1], "vllm_enforce_eager": ["maybe", 2],
     "vllm_prompts_per_call": ["x", 0], "openai_concurrency": ["x", 0], "openai_timeout": ["x", 0],

@@ -155,6 +155,7 @@ def test_attribution_variants_config_and_digests():
     # NARM's pairing question (README "Fidelity"): the same views, paired the other way round
     assert variant_config("swapped", user)["view_behaviour"] == {"long": "local", "short": "global"}
     assert variant_config("all", user)["intent_samples"] == "all"  # per-prefix answers, not exemplars
+    assert variant_config("titles", user)["intent_decoding"] == "titles"  # answers constrained to titles
     names = ["base", "llm4sbr", "text", "arch", "shuffled", "swapped", "no_au"]
     bench = Benchmark("ds", ["GRU4Rec"], names, [1], user, "unused", protocol="paper")
     assert len({c.digest for c in bench.plan()}) == len(names)

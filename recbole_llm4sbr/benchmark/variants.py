@@ -13,7 +13,9 @@ LLM-side semantic loss + modality alignment, ``eimf_weight`` 0.1 as in EIMF), ``
 dropout), ``au_hi`` / ``au_lo`` (the alignment weight), ``short3`` (the short view's prompt lists only
 the last 3 items, so the two views differ by construction; a stage-1 table of its own), ``hidden``
 (no generated text: the LLM's pooled last-layer state of each prompt, grounded in the catalogue
-embedded by the same LLM; a stage-1 table of its own). Cheap to run
+embedded by the same LLM; a stage-1 table of its own), ``titles`` (greedy decoding constrained to the
+catalogue's titles, each answer a ``"; "``-joined list of at most ``intent_decoding_titles`` real titles;
+transformers backend; a stage-1 table of its own). Cheap to run
 with ``--tune=reuse`` (one run per seed, the setting chosen for ``llm4sbr``).
 """
 from __future__ import annotations
@@ -66,6 +68,8 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
             {"intent_samples": "all"}),
     Variant("hidden", True, "the LLM's last-layer state of each prompt as the intent (no generated text)",
             {"intent_representation": "hidden"}),
+    Variant("titles", True, "answers decoded under a constraint to catalogue titles (at most 3 per answer)",
+            {"intent_decoding": "titles"}),
 ]}
 
 ALIASES = {"full": "llm4sbr", "no_llm": "base", "no_localization": "no_loc", "no_alignment": "no_au"}

@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 from .backends import resolve_samples
 from .clean import CLEAN_VERSION
+from .constrained import identity as decoding_identity
 from .hidden import POOLING, representation
 from .localization import Search
 from .prompts import template_version
@@ -77,6 +78,9 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
         ident["storage_dtype"] = storage_dtype(settings)
     if representation(settings) != "text":  # the LLM's hidden states, not its answers; text keeps today's tags
         ident["representation"] = dict(POOLING, kind=representation(settings))
+    decoding = decoding_identity(settings)
+    if decoding is not None:  # answers constrained to catalogue titles; free keeps today's tags
+        ident["decoding"] = decoding
     # through JSON, so it compares equal to the copy read back from meta.json
     return json.loads(json.dumps(ident, default=str))
 

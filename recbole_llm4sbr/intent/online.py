@@ -22,6 +22,7 @@ import numpy as np
 
 from . import encoder as enc
 from .backends import get_backend, resolve_backend_name, resolve_samples
+from .constrained import check_backend as check_decoding
 from .errors import IntentError
 from .hidden import HiddenEncoder, check_backend, representation
 from .inputs import read_item_text
@@ -71,6 +72,7 @@ class OnlineIntents:
         self.hidden = ((meta or {}).get("representation") or representation(self.settings)) == "hidden"
         if self.hidden:
             check_backend({"intent_representation": "hidden"}, self.backend_name)
+        check_decoding(self.settings, self.backend_name)  # titles: transformers only
         self.topr = int((meta or {}).get("topr", self.settings.get("intent_topr") or 0) or 0)
         # the table's own prompt length (intent_prompt_max_items: auto = 10 with typical), so an unseen
         # prefix is asked exactly as the table's prefixes were

@@ -23,6 +23,7 @@ from .backends import get_backend, resolve_backend_name, resolve_samples
 from .cache import CACHE_FILE, AnswerCache
 from .errors import IntentError
 from .generation import GenerationStats, answer_prompts
+from .constrained import check_backend as check_decoding
 from .hidden import HiddenEncoder, check_backend, representation
 from .identity import table_folder, table_identity
 from .inputs import Sample, check_item_text, file_sha1, itemtext_path, read_item_text, read_samples, unique_prefixes
@@ -272,6 +273,7 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
     backend_name = backend_name or resolve_backend_name(settings, log)
     samples_mode, _ = resolve_samples(settings, backend_name)
     check_backend(settings, backend_name)
+    check_decoding(settings, backend_name)
     hidden = representation(settings) == "hidden"
     folder = table_folder(settings, backend_name)
     timings: Dict[str, float] = {}
