@@ -131,7 +131,9 @@ class LLM4SBRMixin:
             else:
                 if view_index != list(range(vectors.size(1))):  # else share the dataset's storage:
                     vectors = vectors[:, view_index, :]          # the table is not held twice in RAM
-                vectors = vectors.float().contiguous()
+                # kept in the dataset's dtype (float16 by default: intent_buffer_dtype); gathered rows
+                # are cast to float32 per batch (_gather_intents)
+                vectors = vectors.contiguous()
                 vectors, constant = controlled_buffer(vectors, self.intent_control)
                 d_text = int(vectors.size(-1))
         else:  # LLM-free serving: no stage-1 artefact; the width comes from the checkpoint
@@ -225,7 +227,7 @@ class LLM4SBRMixin:
         """``[B, V, d_text]`` of prefix keys: from the mapped table, or the in-memory buffer."""
         if self._mapped_intents is not None:
             return self._mapped_intents.gather(keys)
-        return self.intent_vectors[keys]
+        return self.intent_vectors[keys].float()
 
     def project_intents(self, vectors: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``T h`` per view for intent vectors ``[B, V, d_text]`` (V in ``self.views`` order)."""
