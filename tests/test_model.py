@@ -140,6 +140,41 @@ def test_no_call_leaves_its_state_behind(tiny):
         assert model._state is outer
 
 
+@pytest.mark.parametrize("base", ["STAMP", "SRGNN"])
+def test_the_training_loss_is_the_per_view_alignment_uniformity_definition(tiny, base):
+    # calculate_loss's alignment-uniformity term (fused over the views, model/alignment.py) equals the
+    # per-view definition on the same batch (float32, fixed seed), and so does its gradient
+    from recbole_llm4sbr.model.alignment import AlignUniformLoss
+    from recbole_llm4sbr.model.views import Call
+
+    tmp_path, _ = tiny
+    _, (train, _, _), model, _ = build_model_of(tmp_path, "LLM4SBR_" + base)
+    batch = next(iter(train))
+    model.train()
+    torch.manual_seed(0)
+    base_loss, au = model.calculate_loss(batch)
+    with model.call_state(batch):
+        seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+        call = Call((seq, lengths), {}, seq, lengths, None)
+        global_view, local_view = model._adapter.views(model, call)
+        behaviour = {"global": global_view, "local": local_view}
+        intents = model._call_intents(call)
+    ref = model.au_weight * sum(AlignUniformLoss()(behaviour[model.fusion.pairing[v]], intents[v]) for v in model.views)
+    torch.testing.assert_close(au, ref, rtol=1e-5, atol=1e-7)
+    got = torch.autograd.grad(au, model.projection.weight)[0]
+    want = torch.autograd.grad(ref, model.projection.weight)[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def build_model_of(tmp_path, model_name, **overrides):
+    from recbole_llm4sbr.quick_start import build, make_config
+
+    config_dict = {"data_path": str(tmp_path), "epochs": 1, "show_progress": False, "state": "WARNING",
+                   "checkpoint_dir": str(tmp_path / "saved"), "train_batch_size": 32}
+    config_dict.update(overrides)
+    return build(make_config(model_name, "tiny", config_dict=config_dict, read_cmd_line=False))
+
+
 def test_the_in_memory_intent_buffer_is_float16_and_gathers_the_tables_rows_rounded(tiny):
     # intent_buffer_dtype: float16 (default) halves the buffer; each batch's rows are float32, equal to
     # the float32 table's rows rounded to float16; intent_buffer_dtype: float32 keeps them exact

@@ -41,7 +41,7 @@ from typing import Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from recbole_llm4sbr.model.alignment import AlignUniformLoss
+from recbole_llm4sbr.model.alignment import AlignUniformLoss, align_uniform_views
 from recbole_llm4sbr.model.bases import BaseSpec, base_of, resolve, wrapped_name
 from recbole_llm4sbr.model.controls import IntentControl, controlled_buffer, drop_intents
 from recbole_llm4sbr.model.fusion import GatedFusion
@@ -287,7 +287,9 @@ class LLM4SBRMixin:
             state.passes += 1
         if first_loss_pass and self.au_weight > 0:
             aligned = intents if intents is not None else self._call_intents(call)
-            state.au = sum(self.au_loss(behaviour[self.fusion.pairing[v]], aligned[v]) for v in self.views)
+            # sum over views of AlignUniformLoss, all views in one fused op (model/alignment.py)
+            state.au = align_uniform_views(torch.stack([behaviour[self.fusion.pairing[v]] for v in self.views]),
+                                           torch.stack([aligned[v] for v in self.views]))
         fused = self._adapter.finish(self, self.fusion(behaviour, intents))
         if first_loss_pass and (self.text_target_head is not None or self.eimf is not None):
             state.sem = fused
