@@ -198,6 +198,7 @@ RULES: Dict[str, Rule] = {
     "au_weight": real(0, example="0.1"),
     "intent_localization": flag(),
     "intent_mmap": either(choice("auto"), flag()),
+    "intent_buffer_dtype": choice("float16", "float32"),
     "semantic_at_inference": flag(),
     "text_target_weight": real(0, example="0.1"),
     "eimf_weight": real(0, example="0.1"),

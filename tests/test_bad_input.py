@@ -46,6 +46,7 @@ WRONG = {
     "intent_greedy_loop": ["maybe", 2], "intent_prompts_per_call": ["x", 0], "intent_encoder": ["", 2],
     "intent_encoder_batch_size": ["x", 0], "intent_topr": ["x", -1], "intent_faiss_threshold": ["x", -1],
     "intent_ann": ["approximate", 1], "intent_storage_dtype": ["int8", 16], "intent_mmap": ["maybe", 2],
+    "intent_buffer_dtype": ["bfloat16", 16],
     "intent_samples": ["some", 1], "intent_budget": ["x", 0, 1.5], "intent_prompt_max_items": ["x", -1],
     "intent_short_items": ["x", -1], "intent_representation": ["embedding", 1],
     "intent_decoding": ["beam", 1], "intent_decoding_titles": ["x", 0, 1.5],

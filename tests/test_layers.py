@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from recbole_llm4sbr.model.alignment import AlignUniformLoss, alignment, uniformity
+from recbole_llm4sbr.model.alignment import AlignUniformLoss, align_uniform_views, alignment, uniformity
 from recbole_llm4sbr.model.fusion import GatedFusion
 
 
@@ -28,6 +28,32 @@ def test_align_uniform_loss_normalises_and_combines():
     assert AlignUniformLoss()(h, t).item() == pytest.approx(expected.item(), rel=1e-6)
     assert AlignUniformLoss()(h, h).item() < AlignUniformLoss()(h, -h).item()  # aligned is better
     assert uniformity(torch.ones(1, 3)).item() == 0.0  # one row: no pair, no NaN
+
+
+@pytest.mark.parametrize("dtype, batch", [(torch.float64, 1), (torch.float64, 2), (torch.float64, 9),
+                                          (torch.float32, 2), (torch.float32, 100)])
+def test_fused_align_uniform_equals_the_per_view_definition(dtype, batch):
+    # the model's one-op loss over all views (hand-written backward) is the sum of the per-view
+    # definition, value and gradients, up to rounding; also for a zero row and two identical rows
+    torch.manual_seed(batch)
+    x = torch.randn(2, batch, 8, dtype=dtype) * 3
+    y = torch.randn(2, batch, 8, dtype=dtype) * 0.2
+    if batch > 2:
+        x[0, 1] = 0.0
+        x[1, 2] = x[1, 3]
+    x.requires_grad_(), y.requires_grad_()
+    ref = sum(AlignUniformLoss()(x[v], y[v]) for v in range(2))
+    ref_grads = torch.autograd.grad(ref * 0.7, (x, y))
+    fused = align_uniform_views(x, y)
+    grads = torch.autograd.grad(fused * 0.7, (x, y))
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    torch.testing.assert_close(fused, ref, **tol)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, **tol)
+    if dtype == torch.float64 and batch == 2:
+        assert torch.autograd.gradcheck(align_uniform_views, (x.detach().requires_grad_(), y.detach().requires_grad_()))
+    with pytest.raises(ValueError, match="V, B, d"):
+        align_uniform_views(x[0], y[0])
 
 
 def test_gated_fusion_shapes_and_unpaired_behaviour():

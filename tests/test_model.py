@@ -80,8 +80,9 @@ def test_ablation_switches(tiny):
     assert short_only.views == ["short"] and short_only.fusion.unpaired == ["global"]
     dataset, _, raw, _ = build_model(tmp_path, intent_localization=False)
     token = dataset.field2id_token["prefix_key"][1]
-    assert np.allclose(raw.intent_vectors[1].numpy(), table.raw[table.index[token]])
-    assert not np.allclose(raw.intent_vectors[1].numpy(), table.vectors[table.index[token]])
+    raw_row = raw._gather_intents(torch.tensor([1]))[0].numpy()
+    assert np.array_equal(raw_row, table.raw[table.index[token]].astype(np.float16).astype(np.float32))
+    assert not np.allclose(raw_row, table.vectors[table.index[token]], atol=1e-2)
     with pytest.raises(ValueError, match="llm4sbr_views"):
         build_model(tmp_path, llm4sbr_views=["mid"])
 
@@ -137,6 +138,62 @@ def test_no_call_leaves_its_state_behind(tiny):
     with model.call_state(batch) as outer:
         model.full_sort_predict(batch)
         assert model._state is outer
+
+
+@pytest.mark.parametrize("base", ["STAMP", "SRGNN"])
+def test_the_training_loss_is_the_per_view_alignment_uniformity_definition(tiny, base):
+    # calculate_loss's alignment-uniformity term (fused over the views, model/alignment.py) equals the
+    # per-view definition on the same batch (float32, fixed seed), and so does its gradient
+    from recbole_llm4sbr.model.alignment import AlignUniformLoss
+    from recbole_llm4sbr.model.views import Call
+
+    tmp_path, _ = tiny
+    _, (train, _, _), model, _ = build_model_of(tmp_path, "LLM4SBR_" + base)
+    batch = next(iter(train))
+    model.train()
+    torch.manual_seed(0)
+    base_loss, au = model.calculate_loss(batch)
+    with model.call_state(batch):
+        seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+        call = Call((seq, lengths), {}, seq, lengths, None)
+        global_view, local_view = model._adapter.views(model, call)
+        behaviour = {"global": global_view, "local": local_view}
+        intents = model._call_intents(call)
+    ref = model.au_weight * sum(AlignUniformLoss()(behaviour[model.fusion.pairing[v]], intents[v]) for v in model.views)
+    torch.testing.assert_close(au, ref, rtol=1e-5, atol=1e-7)
+    got = torch.autograd.grad(au, model.projection.weight)[0]
+    want = torch.autograd.grad(ref, model.projection.weight)[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def build_model_of(tmp_path, model_name, **overrides):
+    from recbole_llm4sbr.quick_start import build, make_config
+
+    config_dict = {"data_path": str(tmp_path), "epochs": 1, "show_progress": False, "state": "WARNING",
+                   "checkpoint_dir": str(tmp_path / "saved"), "train_batch_size": 32}
+    config_dict.update(overrides)
+    return build(make_config(model_name, "tiny", config_dict=config_dict, read_cmd_line=False))
+
+
+def test_the_in_memory_intent_buffer_is_float16_and_gathers_the_tables_rows_rounded(tiny):
+    # intent_buffer_dtype: float16 (default) halves the buffer; each batch's rows are float32, equal to
+    # the float32 table's rows rounded to float16; intent_buffer_dtype: float32 keeps them exact
+    tmp_path, table = tiny
+    dataset, _, model, _ = build_model(tmp_path)
+    assert dataset.intent_vectors.dtype == model.intent_vectors.dtype == torch.float16
+    tokens = dataset.field2id_token["prefix_key"]
+    keys = torch.arange(1, len(tokens))
+    exact = torch.from_numpy(table.vectors[[table.index[t] for t in tokens[1:]]])
+    assert exact.dtype == torch.float32
+    gathered = model._gather_intents(keys)
+    assert gathered.dtype == torch.float32
+    assert torch.equal(gathered, exact.half().float())
+    assert torch.allclose(gathered, exact, rtol=1e-3, atol=1e-4) and not torch.equal(gathered, exact)
+    assert torch.equal(model._gather_intents(torch.tensor([0])), torch.zeros(1, *exact.shape[1:]))
+    dataset32, _, model32, _ = build_model(tmp_path, intent_buffer_dtype="float32")
+    assert dataset32.intent_vectors.dtype == model32.intent_vectors.dtype == torch.float32
+    assert torch.equal(model32._gather_intents(keys), exact)
+    assert model32.intent_vectors.nbytes == 2 * model.intent_vectors.nbytes
 
 
 def test_the_intent_table_is_held_once_in_memory(tiny):

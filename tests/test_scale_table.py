@@ -155,7 +155,8 @@ def build_model(root, **overrides):
 @pytest.mark.parametrize("control", ["none", "shuffled", "constant"])
 def test_the_mapped_table_gives_the_same_model_as_the_copied_one(mapped_tiny, control):
     dataset, batch, mapped = build_model(mapped_tiny, intent_mmap=True, intent_control=control)
-    _, _, copied = build_model(mapped_tiny, intent_mmap=False, intent_control=control)
+    # (the mapped rows are the table's float32 values: the copy compared is float32 too)
+    _, _, copied = build_model(mapped_tiny, intent_mmap=False, intent_control=control, intent_buffer_dtype="float32")
     assert dataset.intent_vectors is None and isinstance(dataset.intent_source, np.memmap)
     assert mapped.intent_vectors is None and copied.intent_vectors is not None
     # nothing of the table in the checkpoint or among the buffers DDP would broadcast
@@ -182,7 +183,7 @@ def test_the_mapped_table_gives_the_same_model_as_the_copied_one(mapped_tiny, co
 
 def test_intent_dropout_on_a_mapped_table_drops_to_the_constant(mapped_tiny):
     _, _, mapped = build_model(mapped_tiny, intent_mmap=True, intent_dropout=1.0)
-    _, _, copied = build_model(mapped_tiny, intent_mmap=False, intent_dropout=1.0)
+    _, _, copied = build_model(mapped_tiny, intent_mmap=False, intent_dropout=1.0, intent_buffer_dtype="float32")
     torch.testing.assert_close(mapped.intent_constant, copied.intent_constant)
     from recbole_llm4sbr.model.controls import drop_intents
 

@@ -48,14 +48,26 @@ def check_benchmark_files(data_dir: str, dataset: str, parts) -> None:
                 f"tab-separated fields, the header {len(columns)}. {fix}")
 
 
-def copy_rows(source: np.ndarray, rows: np.ndarray, block_rows: int = 512) -> np.ndarray:
-    """``[1 + len(rows), ...]`` float32: row 0 zero (padding), then ``source[rows]``, read in row blocks
+#: ``intent_buffer_dtype`` -> the dtype of the in-memory intent buffer (``intent_mmap: False``)
+BUFFER_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def buffer_dtype(config) -> np.dtype:
+    """``intent_buffer_dtype`` (float16 | float32; unset = float16)."""
+    value = str(config["intent_buffer_dtype"] or "float16").strip().lower()
+    if value not in BUFFER_DTYPES:
+        raise ValueError(f"intent_buffer_dtype={value!r}: use one of {', '.join(BUFFER_DTYPES)}")
+    return np.dtype(BUFFER_DTYPES[value])
+
+
+def copy_rows(source: np.ndarray, rows: np.ndarray, block_rows: int = 512, dtype=np.float32) -> np.ndarray:
+    """``[1 + len(rows), ...]`` of ``dtype``: row 0 zero (padding), then ``source[rows]``, read in row blocks
     so that no second full-size temporary exists; the pages each block read from a mapped ``source``
     are dropped from this process (they stay in the page cache: ``intent.table.drop_resident_pages``;
     512 rows map in at most ~32 MB, model/mapped_intents.py ``FAULT_AROUND_BYTES``)."""
     from recbole_llm4sbr.intent.table import drop_resident_pages
 
-    out = np.zeros((len(rows) + 1,) + tuple(source.shape[1:]), dtype=np.float32)
+    out = np.zeros((len(rows) + 1,) + tuple(source.shape[1:]), dtype=dtype)
     order = np.argsort(rows, kind="stable")  # the mapping's pages in order
     for s in range(0, len(rows), block_rows):
         block = order[s : s + block_rows]
@@ -71,7 +83,7 @@ class LLM4SBRDataset(SequentialDataset):
     so any RecBole session benchmark dataset works; RecBole remaps it to ids like any token field
     and every batch carries it. ``intent_vectors[id]`` is the stage-1 intent of that prefix,
     ``[num_keys, n_views, d_text]``, row 0 (padding) zero, when the table is copied into memory
-    (``intent_mmap``, data/intents.py); when it is mapped, ``intent_vectors`` is None and
+    (``intent_mmap``, data/intents.py; float16 unless ``intent_buffer_dtype: float32``); when it is mapped, ``intent_vectors`` is None and
     ``intent_source[intent_rows[id]]`` is that row (``intent_source``: the read-only mapping,
     ``intent_rows``: int64 ``[num_keys]``, -1 for the padding key). ``item_text_vectors[item id]`` is the
     item's text embedding from the same table (``[item_num, d_text]``, row 0 zero; None when the table
@@ -120,7 +132,9 @@ class LLM4SBRDataset(SequentialDataset):
             self.intent_source = source
             self.intent_rows = np.concatenate([np.array([-1], dtype=np.int64), rows])
         else:
-            self.intent_vectors = torch.from_numpy(copy_rows(source, rows))
+            # float16 by default (intent_buffer_dtype): half the RAM; the model casts each batch's rows
+            # to float32, so only the stored values are rounded (a float16 table's rows are exact)
+            self.intent_vectors = torch.from_numpy(copy_rows(source, rows, dtype=buffer_dtype(self.config)))
         if any(float(self.config[key] or 0.0) > 0 for key in TEXT_HEAD_WEIGHTS):
             # only the training-only text heads read the catalogue's text embeddings ([items, d_text]
             # float32: 30 MB for 20k items), so nothing else holds them

@@ -50,9 +50,22 @@ class IntentControl:
         return cls(mode, int(seed), float(dropout))
 
 
+#: rows per block when the constant of a float16 buffer is summed in float64 (a block of 512 rows of
+#: 2 views x 384 is 3 MB in float64; no float32 copy of the whole buffer)
+MEAN_BLOCK_ROWS = 512
+
+
 def constant_of(vectors: torch.Tensor) -> torch.Tensor:
-    """The mean of the real rows (1..) of an intent buffer ``[n_rows, V, d]``: ``[V, d]``."""
-    return vectors[1:].mean(dim=0)
+    """The mean of the real rows (1..) of an intent buffer ``[n_rows, V, d]``: ``[V, d]``, float32
+    (a float16 buffer is summed in float64 by row blocks, then the mean rounded to float16 and back, so
+    that it is the value the buffer's constant rows hold)."""
+    if vectors.dtype == torch.float32:
+        return vectors[1:].mean(dim=0)
+    real = vectors[1:]
+    total = torch.zeros(real.shape[1:], dtype=torch.float64, device=vectors.device)
+    for s in range(0, real.size(0), MEAN_BLOCK_ROWS):
+        total += real[s : s + MEAN_BLOCK_ROWS].sum(dim=0, dtype=torch.float64)
+    return (total / max(real.size(0), 1)).to(vectors.dtype).float()
 
 
 def shuffle_order(n_rows: int, seed: int) -> torch.Tensor:
@@ -65,8 +78,11 @@ def shuffle_order(n_rows: int, seed: int) -> torch.Tensor:
 
 
 def controlled_buffer(vectors: torch.Tensor, control: IntentControl) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(the buffer the model reads, the constant vector ``[V, d]``) for an intent buffer ``[n_rows, V, d]``."""
-    constant = constant_of(vectors)
+    """(the buffer the model reads, the constant vector ``[V, d]`` float32) for an intent buffer ``[n_rows, V, d]``
+    (float16 or float32; the buffer keeps its dtype). The constant is computed only for the ``constant``
+    control and intent dropout, its only readers (None otherwise, as for a mapped table)."""
+    needed = control.mode == "constant" or control.dropout > 0
+    constant = constant_of(vectors) if needed else None
     if control.mode == "constant":
         vectors = vectors.clone()
         vectors[1:] = constant

@@ -41,7 +41,7 @@ from typing import Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from recbole_llm4sbr.model.alignment import AlignUniformLoss
+from recbole_llm4sbr.model.alignment import AlignUniformLoss, align_uniform_views
 from recbole_llm4sbr.model.bases import BaseSpec, base_of, resolve, wrapped_name
 from recbole_llm4sbr.model.controls import IntentControl, controlled_buffer, drop_intents
 from recbole_llm4sbr.model.fusion import GatedFusion
@@ -131,7 +131,9 @@ class LLM4SBRMixin:
             else:
                 if view_index != list(range(vectors.size(1))):  # else share the dataset's storage:
                     vectors = vectors[:, view_index, :]          # the table is not held twice in RAM
-                vectors = vectors.float().contiguous()
+                # kept in the dataset's dtype (float16 by default: intent_buffer_dtype); gathered rows
+                # are cast to float32 per batch (_gather_intents)
+                vectors = vectors.contiguous()
                 vectors, constant = controlled_buffer(vectors, self.intent_control)
                 d_text = int(vectors.size(-1))
         else:  # LLM-free serving: no stage-1 artefact; the width comes from the checkpoint
@@ -225,7 +227,7 @@ class LLM4SBRMixin:
         """``[B, V, d_text]`` of prefix keys: from the mapped table, or the in-memory buffer."""
         if self._mapped_intents is not None:
             return self._mapped_intents.gather(keys)
-        return self.intent_vectors[keys]
+        return self.intent_vectors[keys].float()
 
     def project_intents(self, vectors: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``T h`` per view for intent vectors ``[B, V, d_text]`` (V in ``self.views`` order)."""
@@ -285,7 +287,9 @@ class LLM4SBRMixin:
             state.passes += 1
         if first_loss_pass and self.au_weight > 0:
             aligned = intents if intents is not None else self._call_intents(call)
-            state.au = sum(self.au_loss(behaviour[self.fusion.pairing[v]], aligned[v]) for v in self.views)
+            # sum over views of AlignUniformLoss, all views in one fused op (model/alignment.py)
+            state.au = align_uniform_views(torch.stack([behaviour[self.fusion.pairing[v]] for v in self.views]),
+                                           torch.stack([aligned[v] for v in self.views]))
         fused = self._adapter.finish(self, self.fusion(behaviour, intents))
         if first_loss_pass and (self.text_target_head is not None or self.eimf is not None):
             state.sem = fused
