@@ -156,6 +156,11 @@ def test_attribution_variants_config_and_digests():
     assert variant_config("swapped", user)["view_behaviour"] == {"long": "local", "short": "global"}
     assert variant_config("all", user)["intent_samples"] == "all"  # per-prefix answers, not exemplars
     assert variant_config("titles", user)["intent_decoding"] == "titles"  # answers constrained to titles
+    # au_hi's controls differ from au_hi only in the intent they read (text: the LLM-free backend wins)
+    hi = variant_config("au_hi", user)
+    assert variant_config("arch_au_hi", user) == {**hi, "intent_control": "constant"}
+    assert variant_config("shuffled_au_hi", user) == {**hi, "intent_control": "shuffled"}
+    assert variant_config("text_au_hi", user) == {**hi, "intent_backend": "text"}
     names = ["base", "llm4sbr", "text", "arch", "shuffled", "swapped", "no_au"]
     bench = Benchmark("ds", ["GRU4Rec"], names, [1], user, "unused", protocol="paper")
     assert len({c.digest for c in bench.plan()}) == len(names)

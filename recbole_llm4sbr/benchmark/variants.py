@@ -10,7 +10,8 @@ intent table's rows (intents of other sessions); both on the configured intent b
 Investigation (issue 11 item 4: why do the intents add nothing over a constant?): ``train_only``
 (EIMF's training-only use: the gates never read intents), ``eimf`` / ``train_only_eimf`` (EIMF's
 LLM-side semantic loss + modality alignment, ``eimf_weight`` 0.1 as in EIMF), ``drop30`` (intent
-dropout), ``au_hi`` / ``au_lo`` (the alignment weight), ``short3`` (the short view's prompt lists only
+dropout), ``au_hi`` / ``au_lo`` (the alignment weight; ``arch_au_hi``, ``shuffled_au_hi``, ``text_au_hi``: ``au_hi``'s
+controls), ``short3`` (the short view's prompt lists only
 the last 3 items, so the two views differ by construction; a stage-1 table of its own), ``hidden``
 (no generated text: the LLM's pooled last-layer state of each prompt, grounded in the catalogue
 embedded by the same LLM; a stage-1 table of its own), ``titles`` (greedy decoding constrained to the
@@ -62,6 +63,13 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant("drop30", True, "intent dropout 0.3 (training)", {"intent_dropout": 0.3}),
     Variant("au_hi", True, "alignment-uniformity weight 0.5", {"au_weight": 0.5}),
     Variant("au_lo", True, "alignment-uniformity weight 0.02", {"au_weight": 0.02}),
+    # au_hi's controls: the same weight with a constant, another session's, or LLM-free intent
+    Variant("arch_au_hi", True, "one constant intent, alignment-uniformity weight 0.5",
+            {"intent_control": "constant", "au_weight": 0.5}),
+    Variant("shuffled_au_hi", True, "shuffled intents, alignment-uniformity weight 0.5",
+            {"intent_control": "shuffled", "au_weight": 0.5}),
+    Variant("text_au_hi", True, "LLM-free text intents, alignment-uniformity weight 0.5",
+            {"intent_backend": "text", "au_weight": 0.5}),
     Variant("short3", True, "short view prompted with the last 3 items only (views differ by construction)",
             {"intent_short_items": 3}),
     Variant("all", True, "every prefix asked (intent_samples: all), not typical samples' exemplars",
