@@ -226,6 +226,15 @@ def refuse(key: str, value: Any, allowed: str, example: str) -> ConfigError:
                        f"Fix: --{key}={example} or the same in your yaml file.")
 
 
+def choice(settings, key: str, choices, default: str) -> str:
+    """A key whose value is one of ``choices`` (lower-cased; ``default`` when unset), else ``refuse``."""
+    value = settings.get(key)
+    name = default if value is None else str(value).strip().lower()
+    if name not in choices:
+        raise refuse(key, value, " or ".join(choices), default)
+    return name
+
+
 def validate(config) -> None:
     """Raise ``ConfigError`` for the first key of ``RULES`` whose value ``config`` holds and breaks
     its rule. ``None`` (a yaml ``~``) means "unset" and is left to the code that reads the key.

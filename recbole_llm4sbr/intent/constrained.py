@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..validation import refuse
+from ..validation import choice, refuse
 from .errors import IntentError
 
 #: what ``intent_decoding`` may say
@@ -57,11 +57,7 @@ VERSION = 1
 
 def decoding(settings: Mapping[str, Any]) -> str:
     """``intent_decoding`` (``free`` when unset)."""
-    value = settings.get("intent_decoding")
-    name = "free" if value is None else str(value).strip().lower()
-    if name not in DECODINGS:
-        raise refuse("intent_decoding", value, " or ".join(DECODINGS), "free")
-    return name
+    return choice(settings, "intent_decoding", DECODINGS, "free")
 
 
 def max_titles(settings: Mapping[str, Any]) -> int:

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..validation import refuse
+from ..validation import choice
 from .errors import IntentError
 
 #: what ``intent_representation`` may say
@@ -44,11 +44,7 @@ _log = logging.getLogger("recbole_llm4sbr.intent")
 
 def representation(settings: Mapping[str, Any]) -> str:
     """``intent_representation`` (``text`` when unset)."""
-    value = settings.get("intent_representation")
-    name = "text" if value is None else str(value).strip().lower()
-    if name not in REPRESENTATIONS:
-        raise refuse("intent_representation", value, " or ".join(REPRESENTATIONS), "text")
-    return name
+    return choice(settings, "intent_representation", REPRESENTATIONS, "text")
 
 
 def check_backend(settings: Mapping[str, Any], backend: str) -> None:
