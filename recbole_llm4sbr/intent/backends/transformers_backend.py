@@ -649,9 +649,10 @@ class TransformersBackend(Backend):
                 if limit is not None:
                     logits = limit.apply(logits)
                 nxt = logits.argmax(dim=-1)
+                picked = nxt.tolist()  # one device->host copy per step, read by the constraint and the rows
                 if limit is not None:
-                    limit.advance(nxt.tolist())
-                for j, t in enumerate(nxt.tolist()):
+                    limit.advance(picked)
+                for j, t in enumerate(picked):
                     if not done[j]:
                         out[rows[j]].append(t)
                         done[j] = t in stops
