@@ -1,4 +1,4 @@
-"""Why does LLM4SBR_SASRec lose to stock SASRec? Two probes of the fused session vector (issue 11).
+"""Why does LLM4SBR_SASRec lose to stock SASRec? Probes of the fused session vector (issue 11).
 
 SASRec is wrapped with the generic pair (global = its transformer output at the last position, local =
 the last item's raw embedding) and the fused vector ``W [a_g H_g; a_l H_l]`` replaces its output with no
@@ -32,9 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from recbole_llm4sbr.model import views  # noqa: E402
+from recbole_llm4sbr.model.fusion import GatedFusion  # noqa: E402
 from recbole_llm4sbr.quick_start import capture_run, run_recbole_llm4sbr  # noqa: E402
 
 
@@ -47,11 +49,8 @@ def patch(probe: str) -> None:
     elif probe == "ln":
         views.GenericViews.finish = lambda self, model, fused: F.layer_norm(fused, fused.shape[-1:])
     elif probe == "bypass":
-        from recbole_llm4sbr.model.fusion import GatedFusion
         GatedFusion.forward = lambda self, behaviour, intents=None: behaviour["global"]
     elif probe == "eye":
-        import torch
-        from recbole_llm4sbr.model.fusion import GatedFusion
         init = GatedFusion.__init__
 
         def eye_init(self, hidden_size, *args, **kwargs):
@@ -61,8 +60,6 @@ def patch(probe: str) -> None:
                 self.out.weight[:, :hidden_size] = torch.eye(hidden_size)
         GatedFusion.__init__ = eye_init
     elif probe in ("nogate", "residual"):
-        import torch
-        from recbole_llm4sbr.model.fusion import GatedFusion
         gated = GatedFusion.forward
 
         def nogate(self, behaviour, intents=None):
@@ -86,14 +83,15 @@ def main() -> None:
     args = parser.parse_args()
     patch(args.probe)
     for seed in [int(s) for s in args.seeds.split(",")]:
-        config = {"seed": seed, "learning_rate": 1e-3, "lr_step_size": args.lr_step_size, "lr_gamma": 0.1, "epochs": 50,
-                  "stopping_step": 5, "show_progress": False, "intent_control": args.intent_control,
+        config = {"seed": seed, "learning_rate": 1e-3, "lr_step_size": args.lr_step_size, "lr_gamma": 0.1,
+                  "epochs": 50, "stopping_step": 5, "show_progress": False, "intent_control": args.intent_control,
                   "checkpoint_dir": f"saved/probe_{args.probe}_{args.lr_step_size}_{seed}"}
         with capture_run() as run:
             result = run_recbole_llm4sbr("LLM4SBR_SASRec", "ml-100k-session", config_dict=config,
                                          read_cmd_line=False)
         best_epoch = run.trainer.saves[-1][0] if run.trainer.saves else None
-        print(json.dumps({"probe": args.probe, "lr_step_size": args.lr_step_size, "intent_control": args.intent_control, "seed": seed,
+        print(json.dumps({"probe": args.probe, "lr_step_size": args.lr_step_size,
+                          "intent_control": args.intent_control, "seed": seed,
                           "valid_mrr@20": round(float(result["best_valid_score"]), 4), "best_epoch": best_epoch,
                           "test_recall@20": round(float(result["test_result"]["recall@20"]), 4),
                           "test_mrr@20": round(float(result["test_result"]["mrr@20"]), 4)}), flush=True)
