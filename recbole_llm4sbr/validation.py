@@ -196,6 +196,8 @@ RULES: Dict[str, Rule] = {
     "llm4sbr_views": names(),
     "view_behaviour": mapping_of(("global", "local")),
     "au_weight": real(0, example="0.1"),
+    "fusion": choice("residual", "paper"),
+    "intent_strength": real(0, example="1.0"),
     "intent_localization": flag(),
     "intent_mmap": either(choice("auto"), flag()),
     "intent_buffer_dtype": choice("float16", "float32"),

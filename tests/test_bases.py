@@ -107,6 +107,43 @@ def test_wrapped_base_trains_scores_and_reloads(tiny, base):
     assert np.isfinite(result["mrr@20"])
 
 
+PLUGIN_PARAMETERS = ("projection.", "fusion.", "residual.", "text_target_head.", "eimf.")
+
+
+def rel_diff(a, b):
+    """Largest absolute difference relative to the largest score (bases' untrained scores are tiny)."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("base", SUPPORTED)
+def test_untrained_wrapped_base_scores_exactly_like_its_base(tiny, base):
+    """``fusion: residual`` (the default) keeps the base's own scoring path and adds an intent term
+    that starts at zero: an untrained LLM4SBR_<Base> scores like <Base> holding the same weights.
+    Once the residual is non-zero the scores move (``intent_strength: 0`` keeps the base's), and the
+    paper's fusion (``fusion: paper``) replaces the base's vector from the start."""
+    root, width = tiny
+    config, (dataset, (_, _, test), model, _) = build(root, width, base)
+    stock = getattr(seqrec, base)(config, dataset)
+    loaded = stock.load_state_dict(model.state_dict(), strict=False)
+    assert loaded.missing_keys == []
+    assert loaded.unexpected_keys and all(k.startswith(PLUGIN_PARAMETERS) for k in loaded.unexpected_keys)
+    model.eval(), stock.eval()
+    interaction = next(iter(test))[0]
+    with torch.no_grad():
+        wrapped_scores, stock_scores = model.full_sort_predict(interaction), stock.full_sort_predict(interaction)
+        assert rel_diff(wrapped_scores, stock_scores) < 1e-5, base
+        assert rel_diff(model.predict(interaction), stock.predict(interaction)) < 1e-5
+        torch.nn.init.normal_(model.residual.linear.weight, std=0.5)
+        assert rel_diff(model.full_sort_predict(interaction), stock_scores) > 1e-2
+        model.intent_strength = 0.0
+        assert rel_diff(model.full_sort_predict(interaction), stock_scores) < 1e-5
+    _, (_, (_, _, test), paper, _) = build(root, width, base, fusion="paper")
+    assert paper.residual is None
+    paper.eval()
+    with torch.no_grad():
+        assert rel_diff(paper.full_sort_predict(interaction), stock_scores) > 1e-2
+
+
 def test_fearec_contrastive_views_get_their_own_intents(tiny):
     """FEARec's supervised contrast encodes other training prefixes (same target): their intents,
     found by content, not the batch's; the alignment-uniformity term comes from the batch's pass."""

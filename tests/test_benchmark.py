@@ -479,6 +479,51 @@ def test_reuse_mode_trains_other_variants_once_with_the_setting_chosen_for_llm4s
     assert [c["variant"] for c in alone.finished()] == ["base", "au_hi"]
 
 
+def test_base_mode_tunes_the_intent_strength_around_the_stock_setting(tmp_path):
+    """--tune=base: the stock base searches the training grid; each wrapped variant trains with the
+    base's chosen setting and searches only the wrapped-only axis (intent_strength) on the first
+    seed's validation split; the stock base is never trained once per intent_strength."""
+    trained = []
+
+    def trainer(model, dataset, files, config_dict, **kwargs):
+        lr, step = config_dict["learning_rate"], config_dict["lr_step_size"]
+        strength = config_dict.get("intent_strength")
+        trained.append((model, config_dict["seed"], lr, step, strength))
+        valid = 0.2 if (lr, step) == (0.0003, 0) else 0.1
+        if strength is not None:
+            valid += 0.05 if (strength == 0) == (config_dict.get("intent_control") == "constant") else 0
+        return {"test_result": {"recall@20": 0.1, "mrr@20": 0.01}, "best_valid_score": valid,
+                "valid_score_bigger": True, "best_epoch": 3, "epochs_run": 9, "epochs_max": 50}
+
+    variants = ["base", "llm4sbr", "arch"]
+    bench = Benchmark("ds", ["GRU4Rec"], variants, [7, 8], {}, tmp_path, trainer=trainer, commit="abc",
+                      tune="base", grid={"intent_strength": [0, 1]})
+    bench.prepare_stage1 = lambda cells: None
+    assert bench.total_runs() == (4 + 1) + 2 * (2 + 1)
+    finals = bench.run()
+    wrapped = "LLM4SBR_GRU4Rec"
+    grid = [(lr, s) for lr in (0.001, 0.0003) for s in (0, 3)]
+    assert trained[:4] == [("GRU4Rec", 7, lr, s, None) for lr, s in grid]  # once per setting, no strength
+    assert sorted(trained[4:8]) == sorted((wrapped, 7, 0.0003, 0, g) for g in (0, 1) for _ in (0, 1))
+    assert len(trained) == 4 + 4 + 3
+    by = {(c["variant"], c["seed"]): c for c in finals}
+    assert by[("llm4sbr", 8)]["setting"] == {"learning_rate": 0.0003, "lr_step_size": 0, "intent_strength": 1}
+    assert by[("arch", 8)]["setting"] == {"learning_rate": 0.0003, "lr_step_size": 0, "intent_strength": 0}
+    assert by[("llm4sbr", 7)]["setting_from"] == "base" and len(by[("llm4sbr", 7)]["grid"]) == 2
+    assert by[("base", 8)]["setting"] == {"learning_rate": 0.0003, "lr_step_size": 0}
+
+
+def test_wrapped_cells_digest_their_fusion():
+    """A cell trained with the paper's fusion can never stand for one with the residual fusion (the
+    default), nor one intent strength for another; the stock base's digest ignores both."""
+    digest = lambda v, o: settings_digest(relevant_settings("ds", v, o))  # noqa: E731
+    assert digest("llm4sbr", {}) == digest("llm4sbr", {"fusion": "residual", "intent_strength": 1.0})
+    assert digest("llm4sbr", {}) != digest("llm4sbr", {"fusion": "paper"})
+    assert digest("llm4sbr", {"intent_strength": 0}) != digest("llm4sbr", {})
+    assert digest("llm4sbr", {"fusion": "paper", "intent_strength": 0}) == digest("llm4sbr", {"fusion": "paper"})
+    assert digest("base", {"fusion": "paper", "intent_strength": 0}) == digest("base", {})
+
+
 def test_reuse_mode_refuses_what_it_cannot_mean(tmp_path):
     from recbole_llm4sbr.benchmark.cli import main
     from recbole_llm4sbr.benchmark.runner import BenchmarkError

@@ -8,7 +8,7 @@ import torch
 from recbole_llm4sbr.data import intents as intents_module
 from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.model.controls import IntentControl, shuffle_order
-from tinydata import build_tiny_batch, synthetic_intents, write_tiny_dataset
+from tinydata import as_if_trained, build_tiny_batch, synthetic_intents, write_tiny_dataset
 
 
 @pytest.fixture
@@ -19,7 +19,8 @@ def tiny(tmp_path, monkeypatch):
 
 
 def build_model(root, **overrides):
-    return build_tiny_batch(root, **overrides)
+    dataset, batch, model = build_tiny_batch(root, **overrides)
+    return dataset, batch, as_if_trained(model)
 
 
 def with_keys_swapped(batch):

@@ -88,3 +88,16 @@ def build_tiny_batch(tmp_path, model="LLM4SBR_SRGNN", **overrides):
     """``(dataset, the first training batch, model)`` of ``build_tiny_model``."""
     dataset, (train, _, _), built, _ = build_tiny_model(tmp_path, model, **overrides)
     return dataset, next(iter(train)), built
+
+
+def as_if_trained(model, std=0.1, seed=0):
+    """Give the residual fusion's intent term (zero at the start: the base's scores) the non-zero
+    weights training would give it, so that tests of how intents move the scores can see them."""
+    import torch
+
+    if getattr(model, "residual", None) is not None:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            weight = model.residual.linear.weight
+            weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+    return model

@@ -1,6 +1,6 @@
 """``python run_recbole_llm4sbr.py --benchmark --dataset=<ds> --base_models=SRGNN,GRU4Rec --seeds=3
 [--variants=llm4sbr,text,arch,shuffled,swapped,no_au,no_long,no_short,no_loc,r0,r1,r3,r5] [--results_dir=results]
-[--protocol=fair|paper] [--grid_learning_rate=0.001,0.0003 --grid_lr_step_size=0,3] [--tune=grid|reuse]
+[--protocol=fair|paper] [--grid_learning_rate=0.001,0.0003 --grid_lr_step_size=0,3] [--tune=grid|reuse|base]
 [--config_files=...] [--report_only] [--debug] [--key=value ...]``
 
 For each base and seed: the stock RecBole model and every LLM4SBR variant on the same split and seed
@@ -16,7 +16,10 @@ seeds train with it. ``--grid_<key>=a,b`` replaces or adds an axis; ``--learning
 key) fixes it; ``--epochs=N`` sets the cap. paper: the paper's schedule (lr 1e-3, x0.1 every 3 epochs,
 30 epochs, early stop 5), no search. ``--tune=reuse`` (fair): only ``base`` and ``llm4sbr`` get a grid;
 every other variant trains with the setting chosen for ``llm4sbr`` of the same base (one run per seed;
-its cells say "setting reused from llm4sbr").
+its cells say "setting reused from llm4sbr"). ``--tune=base`` (fair): only the stock base gets the
+training grid; every wrapped variant trains with the base's chosen setting and searches only the
+wrapped-only axes around it (``--grid_intent_strength=0,1``: 0 = the base's own scoring path), on the
+first seed's validation split.
 
 Variants: base (without LLM), llm4sbr (full; intent backend as configured), text (LLM-free text
 intents), arch (architecture only: one constant intent), shuffled (the intent table's rows in a fixed
@@ -61,9 +64,11 @@ def parse(argv: Sequence[str]):
     parser.add_argument("--grid_lr_step_size", default=None, metavar="A,B",
                         help="fair protocol: step sizes to try, 0 = constant lr (default 0,3); "
                              "any --grid_<key>=a,b adds an axis")
-    parser.add_argument("--tune", default="grid", choices=["grid", "reuse"],
+    parser.add_argument("--tune", default="grid", choices=["grid", "reuse", "base"],
                         help="fair protocol: grid = every (base, variant) its own grid (default); reuse = only base "
-                             "and llm4sbr are tuned, the other variants reuse llm4sbr's chosen setting")
+                             "and llm4sbr are tuned, the other variants reuse llm4sbr's chosen setting; base = wrapped "
+                             "variants take the stock base's chosen setting and search only wrapped-only axes "
+                             "such as --grid_intent_strength=0,1")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--model", "-m", default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(list(argv))

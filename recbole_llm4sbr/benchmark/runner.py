@@ -85,7 +85,15 @@ LLM4SBR_ONLY_PREFIXES = ("intent_", "vllm_", "openai_")
 CELL_DEFAULTS = {"show_progress": False, "metric_decimal_place": 6}
 #: ``tune: reuse``: the variant whose chosen setting the other wrapped variants reuse
 TUNE_SOURCE = "llm4sbr"
-TUNE_MODES = ("grid", "reuse")
+#: tune mode -> the variant whose chosen setting the other wrapped variants take (None: each its own grid).
+#: ``base``: the wrapped variants train with the stock base's chosen setting and search only the
+#: wrapped-only axes (``--grid_intent_strength=0,1``) around it: a residual wrapper keeps the base's
+#: own path, so the base's training setting is its fair starting point and the intent term is what is tuned.
+TUNE_SOURCES = {"grid": None, "reuse": TUNE_SOURCE, "base": "base"}
+TUNE_MODES = tuple(TUNE_SOURCES)
+#: keys of LLM4SBR.yaml whose resolved value always enters a wrapped cell's digest (a change of
+#: their default must not let an old cell stand for a new model)
+DIGEST_DEFAULTS = ("fusion", "intent_strength")
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
 
@@ -94,15 +102,20 @@ class BenchmarkError(LLM4SBRError):
     """Bad benchmark input; the message names the fix."""
 
 
-def llm4sbr_only_keys() -> frozenset:
-    """The keys of ``properties/model/LLM4SBR.yaml``: only ``LLM4SBR_<Base>`` models read them, so the
-    stock base's digest leaves them out (read each time: the file is the one source of truth)."""
+def llm4sbr_defaults() -> dict:
+    """``properties/model/LLM4SBR.yaml`` (read each time: the file is the one source of truth)."""
     import yaml
 
     from recbole_llm4sbr.paths import properties_dir
 
     with open(properties_dir() / "model" / "LLM4SBR.yaml", encoding="utf-8") as f:
-        return frozenset((yaml.safe_load(f) or {}).keys())
+        return dict(yaml.safe_load(f) or {})
+
+
+def llm4sbr_only_keys() -> frozenset:
+    """The keys of ``properties/model/LLM4SBR.yaml``: only ``LLM4SBR_<Base>`` models read them, so the
+    stock base's digest leaves them out."""
+    return frozenset(llm4sbr_defaults())
 
 
 def _value(text):
@@ -188,7 +201,8 @@ def relevant_settings(dataset: str, variant: str, overrides: Dict[str, object],
                       config_files: Sequence[str] = ()) -> dict:
     """What can change a cell's result besides base and seed (the cell digest is made from it)."""
     keep = {}
-    only_llm4sbr = llm4sbr_only_keys()
+    defaults = llm4sbr_defaults()
+    only_llm4sbr = frozenset(defaults)
     for key, value in sorted(overrides.items()):
         if key in NEUTRAL_KEYS:
             continue
@@ -196,6 +210,14 @@ def relevant_settings(dataset: str, variant: str, overrides: Dict[str, object],
             continue
         value = _value(value)
         keep[key] = value if isinstance(value, (int, float, bool, type(None))) else str(value)
+    if VARIANTS[variant].wrapped:
+        fusion = str(keep.get("fusion", defaults.get("fusion", "paper")))
+        keep["fusion"] = fusion
+        if fusion == "residual":
+            strength = _value(keep.get("intent_strength", defaults.get("intent_strength", 1.0)))
+            keep["intent_strength"] = float(strength) if isinstance(strength, (int, float)) else strength
+        else:
+            keep.pop("intent_strength", None)
     return {"dataset": dataset, "variant": variant, "overrides": keep,
             "config_files": [[str(p), _file_digest(str(p))] for p in config_files]}
 
@@ -460,12 +482,19 @@ class Benchmark:
         self.trainer = trainer
         self.grid = protocol_grid(protocol, self.overrides, grid)  # raises on an unknown protocol
         self.protocol = PROTOCOLS[protocol]
+        only_llm4sbr = llm4sbr_only_keys()
+        #: axes every variant searches (training settings) and axes only wrapped variants read
+        self.base_axes = {k: v for k, v in self.grid.items() if k not in only_llm4sbr}
+        self.wrapped_axes = {k: v for k, v in self.grid.items() if k in only_llm4sbr}
         self.settings_grid = grid_settings(self.grid)
         self.searched = len(self.settings_grid) > 1
         if tune not in TUNE_MODES:
             raise BenchmarkError(f"--tune={tune}: unknown. Fix: --tune=grid (default: every variant its own "
-                                 f"grid) or --tune=reuse (variants reuse the setting chosen for {TUNE_SOURCE})")
+                                 f"grid), --tune=reuse (variants reuse the setting chosen for {TUNE_SOURCE}) or "
+                                 "--tune=base (wrapped variants take the stock base's setting and search only "
+                                 "the wrapped-only axes, e.g. --grid_intent_strength=0,1)")
         self.tune = tune
+        self.source = TUNE_SOURCES[tune]
         self.stage1: Dict[str, dict] = {}  # intent table path -> meta (from the preparation step)
         self._cells: Dict[tuple, Cell] = {}
         self._loaded: Dict[Path, dict] = {}
@@ -506,27 +535,48 @@ class Benchmark:
         return out
 
     def reuses(self, variant: str) -> bool:
-        """Whether ``variant`` takes ``TUNE_SOURCE``'s chosen setting instead of a grid of its own."""
-        return (self.tune == "reuse" and self.searched and VARIANTS[variant].wrapped
-                and variant != TUNE_SOURCE)
+        """Whether ``variant`` takes the tune source's chosen setting instead of a grid of its own."""
+        return (self.source is not None and self.searched and VARIANTS[variant].wrapped
+                and variant != self.source)
+
+    def variant_grid(self, variant: str) -> List[Dict[str, object]]:
+        """The settings a variant with a grid of its own searches: wrapped-only axes (e.g.
+        ``intent_strength``) only for wrapped variants (the stock base would train one model twice)."""
+        return grid_settings(self.grid if VARIANTS[variant].wrapped else self.base_axes)
+
+    def _around_source(self) -> bool:
+        """``--tune=base`` with wrapped-only axes: a reusing variant searches them around the source's setting."""
+        return self.source == "base" and len(grid_settings(self.wrapped_axes)) > 1
 
     def grid_cells(self, base: str, variant: str) -> List[Cell]:
         """The tuning runs of (base, variant): every grid setting on the first seed ([] for no search
-        and for a variant that reuses ``TUNE_SOURCE``'s setting)."""
-        if not self.searched or self.reuses(variant):
+        and for a variant that reuses the source's setting; with ``--tune=base`` and wrapped-only axes,
+        those axes around the base's chosen setting, once that is known)."""
+        if not self.searched:
             return []
-        return [self.cell(base, variant, self.seeds[0], s) for s in self.settings_grid]
+        if self.reuses(variant):
+            source = self.chosen(base, self.source) if self._around_source() else None
+            if source is None:
+                return []
+            return [self.cell(base, variant, self.seeds[0], {**dict(source.setting), **point})
+                    for point in grid_settings(self.wrapped_axes)]
+        return [self.cell(base, variant, self.seeds[0], s) for s in self.variant_grid(variant)]
 
     def chosen(self, base: str, variant: str) -> Optional[Cell]:
         """The first seed's grid run with the best ``best_valid_score`` (validation only; the first in
         grid order on a tie), or None while a grid run is unfinished. Without a search: the one setting."""
         if not self.searched:
-            return self.cell(base, variant, self.seeds[0], self.settings_grid[0])
-        if self.reuses(variant):
-            source = self.chosen(base, TUNE_SOURCE)
-            return None if source is None else self.cell(base, variant, self.seeds[0], dict(source.setting))
+            return self.cell(base, variant, self.seeds[0], self.variant_grid(variant)[0])
+        if self.reuses(variant) and not self._around_source():
+            source = self.chosen(base, self.source)
+            if source is None:
+                return None
+            setting = dict(source.setting)
+            if self.source == "base":  # the base's training setting, the wrapped-only axes' one value
+                setting.update(grid_settings(self.wrapped_axes)[0])
+            return self.cell(base, variant, self.seeds[0], setting)
         runs = [(c, self.load(c)) for c in self.grid_cells(base, variant)]
-        if any(data is None for _, data in runs):
+        if not runs or any(data is None for _, data in runs):
             return None
         bigger = runs[0][1].get("valid_score_bigger", True)
         best = None
@@ -560,7 +610,7 @@ class Benchmark:
             if slot.seed == self.seeds[0]:
                 grid = self.grid_cells(slot.base, slot.variant)
                 if self.reuses(slot.variant):  # the setting it reuses is chosen from these
-                    grid = self.grid_cells(slot.base, TUNE_SOURCE)
+                    grid = self.grid_cells(slot.base, self.source) + grid
                 out += [c for c in grid if c not in out]
         for slot in self.slots():
             cell = self.final_cell(slot)
@@ -644,8 +694,8 @@ class Benchmark:
         grid it was chosen from, the tuning seed and whether the epoch cap ended it."""
         best, cap = data.get("best_epoch"), data.get("epochs_max")
         reused = self.reuses(cell.variant)
-        return {**data, "protocol": self.protocol.name + (f" (setting reused from {TUNE_SOURCE})" if reused else ""),
-                "setting": dict(cell.setting), "setting_from": TUNE_SOURCE if reused else None,
+        return {**data, "protocol": self.protocol.name + (f" (setting reused from {self.source})" if reused else ""),
+                "setting": dict(cell.setting), "setting_from": self.source if reused else None,
                 "grid": self.grid_summary(cell.base, cell.variant),
                 "tuned_on_seed": self.seeds[0] if self.searched else None,
                 "at_cap": bool(best is not None and cap and best + 1 >= cap)}
@@ -701,11 +751,14 @@ class Benchmark:
         """Training runs the whole plan needs: the grid on the first seed + one per other seed."""
         if not self.searched:
             return len(self.bases) * len(self.variants) * len(self.seeds)
-        n_grid, n_seeds = len(self.settings_grid), len(self.seeds)
-        reusing = [v for v in self.variants if self.reuses(v)]
-        per_base = (len(self.variants) - len(reusing)) * (n_grid + n_seeds - 1) + len(reusing) * n_seeds
-        if reusing and TUNE_SOURCE not in self.variants:
-            per_base += n_grid  # the source's grid, planned for its chosen setting only
+        n_seeds = len(self.seeds)
+        around = len(grid_settings(self.wrapped_axes)) if self._around_source() else 1
+        per_base = 0
+        for variant in self.variants:
+            own = around if self.reuses(variant) else len(self.variant_grid(variant))
+            per_base += own + n_seeds - 1
+        if any(self.reuses(v) for v in self.variants) and self.source not in self.variants:
+            per_base += len(self.variant_grid(self.source))  # the source's grid, planned for its choice only
         return len(self.bases) * per_base
 
     def _announce_choices(self) -> None:
@@ -718,9 +771,9 @@ class Benchmark:
                     continue
                 self._announced.add((base, variant))
                 data = self.load(choice)
-                if self.reuses(variant):
-                    log.info(f"{base} / {variant}: reuses the setting chosen for {TUNE_SOURCE}: "
-                             f"{_fmt_setting(dict(choice.setting))} (--tune=reuse; no grid of its own)")
+                if self.reuses(variant) and not self._around_source():
+                    log.info(f"{base} / {variant}: reuses the setting chosen for {self.source}: "
+                             f"{_fmt_setting(dict(choice.setting))} (--tune={self.tune}; no grid of its own)")
                     continue
                 grid = "; ".join(f"{_fmt_setting(g['setting'])}: {g['best_valid_score']}"
                                  for g in self.grid_summary(base, variant))
@@ -770,7 +823,7 @@ class Benchmark:
                 continue
             role = _fmt_setting(dict(cell.setting))
             if self.reuses(cell.variant):
-                role = f"setting reused from {TUNE_SOURCE}: {role}"
+                role = f"setting reused from {self.source}: {role}"
             elif self.searched and cell.seed == self.seeds[0]:
                 role = "grid run " + role
             position = total - len(self._left()) + 1
@@ -796,7 +849,7 @@ class Benchmark:
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "protocol": self.protocol.name,
                 "setting": dict(cell.setting),
-                "setting_from": TUNE_SOURCE if self.reuses(cell.variant) else None,
+                "setting_from": self.source if self.reuses(cell.variant) else None,
                 **measured,
             }
             write_json_atomic(self.cell_path(cell), data)

@@ -4,10 +4,13 @@ each a config delta.
 A variant is ``(wrapped, overrides, label)``: ``wrapped`` says whether the cell trains
 ``LLM4SBR_<Base>`` or the stock ``<Base>``; ``overrides`` are config keys laid over the user's own
 ``--key=value`` (the variant wins: ``text`` stays LLM-free whatever ``--intent_backend`` says).
+``fusion`` (the model's default is ``residual``: the base's own vector plus a zero-started intent term)
+enters every wrapped cell's digest; ``paper`` and ``paper_*`` train the paper's fusion, and every
+ablation and investigation variant pins it (that is the fusion they were measured with).
 Attribution controls (read by the model as ``intent_control``): ``arch`` gives every sample one
 constant intent (what the wrapper's architecture alone adds), ``shuffled`` a fixed permutation of the
 intent table's rows (intents of other sessions); both on the configured intent backend, like ``llm4sbr``.
-Investigation (issue 11 item 4: why do the intents add nothing over a constant?): ``train_only``
+Investigation (why do the intents add nothing over a constant?): ``train_only``
 (EIMF's training-only use: the gates never read intents), ``eimf`` / ``train_only_eimf`` (EIMF's
 LLM-side semantic loss + modality alignment, ``eimf_weight`` 0.1 as in EIMF), ``drop30`` (intent
 dropout), ``au_hi`` / ``au_lo`` (the alignment weight; ``arch_au_hi``, ``shuffled_au_hi``, ``text_au_hi``: ``au_hi``'s
@@ -45,39 +48,50 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant("arch", True, "architecture only (one constant intent)", {"intent_control": "constant"}),
     Variant("shuffled", True, "shuffled intents (a fixed permutation of the table rows)",
             {"intent_control": "shuffled"}),
+    # the paper's fusion (H_sess replaces the base's vector) and its controls; every variant below
+    # them is an ablation or investigation of the paper's fusion and pins it
+    Variant("paper", True, "LLM4SBR with the paper's fusion (gated views replace the base's vector)",
+            {"fusion": "paper"}),
+    Variant("paper_arch", True, "the paper's fusion, one constant intent",
+            {"fusion": "paper", "intent_control": "constant"}),
+    Variant("paper_shuffled", True, "the paper's fusion, shuffled intents",
+            {"fusion": "paper", "intent_control": "shuffled"}),
+    Variant("paper_text", True, "the paper's fusion, LLM-free text intents",
+            {"fusion": "paper", "intent_backend": "text"}),
     Variant("swapped", True, "views paired the other way (long-term intent with the local view)",
-            {"view_behaviour": {"long": "local", "short": "global"}}),
-    Variant("no_au", True, "without alignment-uniformity", {"au_weight": 0.0}),
-    Variant("no_long", True, "without the long-term view", {"llm4sbr_views": ["short"]}),
-    Variant("no_short", True, "without the short-term view", {"llm4sbr_views": ["long"]}),
-    Variant("no_loc", True, "without intent localization", {"intent_localization": False}),
-    Variant("r0", True, "r = 0 (answer embedding, no retrieval)", {"intent_topr": 0}),
-    Variant("r1", True, "r = 1", {"intent_topr": 1}),
-    Variant("r3", True, "r = 3", {"intent_topr": 3}),
-    Variant("r5", True, "r = 5", {"intent_topr": 5}),
+            {"fusion": "paper", "view_behaviour": {"long": "local", "short": "global"}}),
+    Variant("no_au", True, "without alignment-uniformity", {"fusion": "paper", "au_weight": 0.0}),
+    Variant("no_long", True, "without the long-term view", {"fusion": "paper", "llm4sbr_views": ["short"]}),
+    Variant("no_short", True, "without the short-term view", {"fusion": "paper", "llm4sbr_views": ["long"]}),
+    Variant("no_loc", True, "without intent localization", {"fusion": "paper", "intent_localization": False}),
+    Variant("r0", True, "r = 0 (answer embedding, no retrieval)", {"fusion": "paper", "intent_topr": 0}),
+    Variant("r1", True, "r = 1", {"fusion": "paper", "intent_topr": 1}),
+    Variant("r3", True, "r = 3", {"fusion": "paper", "intent_topr": 3}),
+    Variant("r5", True, "r = 5", {"fusion": "paper", "intent_topr": 5}),
     Variant("train_only", True, "intents in training only (EIMF's use: no intent read at prediction)",
-            {"semantic_at_inference": False}),
-    Variant("eimf", True, "EIMF's semantic prediction + modality alignment (eimf_weight 0.1)", {"eimf_weight": 0.1}),
+            {"fusion": "paper", "semantic_at_inference": False}),
+    Variant("eimf", True, "EIMF's semantic prediction + modality alignment (eimf_weight 0.1)",
+            {"fusion": "paper", "eimf_weight": 0.1}),
     Variant("train_only_eimf", True, "training-only intents with EIMF's losses",
-            {"semantic_at_inference": False, "eimf_weight": 0.1}),
-    Variant("drop30", True, "intent dropout 0.3 (training)", {"intent_dropout": 0.3}),
-    Variant("au_hi", True, "alignment-uniformity weight 0.5", {"au_weight": 0.5}),
-    Variant("au_lo", True, "alignment-uniformity weight 0.02", {"au_weight": 0.02}),
+            {"fusion": "paper", "semantic_at_inference": False, "eimf_weight": 0.1}),
+    Variant("drop30", True, "intent dropout 0.3 (training)", {"fusion": "paper", "intent_dropout": 0.3}),
+    Variant("au_hi", True, "alignment-uniformity weight 0.5", {"fusion": "paper", "au_weight": 0.5}),
+    Variant("au_lo", True, "alignment-uniformity weight 0.02", {"fusion": "paper", "au_weight": 0.02}),
     # au_hi's controls: the same weight with a constant, another session's, or LLM-free intent
     Variant("arch_au_hi", True, "one constant intent, alignment-uniformity weight 0.5",
-            {"intent_control": "constant", "au_weight": 0.5}),
+            {"fusion": "paper", "intent_control": "constant", "au_weight": 0.5}),
     Variant("shuffled_au_hi", True, "shuffled intents, alignment-uniformity weight 0.5",
-            {"intent_control": "shuffled", "au_weight": 0.5}),
+            {"fusion": "paper", "intent_control": "shuffled", "au_weight": 0.5}),
     Variant("text_au_hi", True, "LLM-free text intents, alignment-uniformity weight 0.5",
-            {"intent_backend": "text", "au_weight": 0.5}),
+            {"fusion": "paper", "intent_backend": "text", "au_weight": 0.5}),
     Variant("short3", True, "short view prompted with the last 3 items only (views differ by construction)",
-            {"intent_short_items": 3}),
+            {"fusion": "paper", "intent_short_items": 3}),
     Variant("all", True, "every prefix asked (intent_samples: all), not typical samples' exemplars",
-            {"intent_samples": "all"}),
+            {"fusion": "paper", "intent_samples": "all"}),
     Variant("hidden", True, "the LLM's last-layer state of each prompt as the intent (no generated text)",
-            {"intent_representation": "hidden"}),
+            {"fusion": "paper", "intent_representation": "hidden"}),
     Variant("titles", True, "answers decoded under a constraint to catalogue titles (at most 3 per answer)",
-            {"intent_decoding": "titles"}),
+            {"fusion": "paper", "intent_decoding": "titles"}),
 ]}
 
 ALIASES = {"full": "llm4sbr", "no_llm": "base", "no_localization": "no_loc", "no_alignment": "no_au"}

@@ -1,4 +1,12 @@
-"""Gated fusion of behaviour views with their intent views (docs/METHOD.md Eq. 10-12).
+"""How the intents enter the session vector: the paper's gated fusion, or a residual on the base.
+
+``fusion: paper`` (docs/METHOD.md Eq. 10-12): ``H_sess = W [segments]`` (below) replaces the vector
+the base scores with. ``fusion: residual`` (the default) keeps the base's own vector ``s`` and adds
+``intent_strength * R [H_sess; T h_1; ...; T h_V]`` (``IntentResidual``), with ``R`` initialised
+to zero: an untrained wrapped model scores exactly like its base with the same weights, and the
+intents (through the gates and directly) can only add what training finds on top of the base.
+
+The gated fusion:
 
 Each intent view v is paired with one behaviour view b(v) (``global`` or ``local``); its gate is the
 scalar ``a_v = q_v^T sigmoid(H_b(v) + h~_v)`` and its segment ``H_b(v) * a_v``. A behaviour view that
@@ -18,6 +26,7 @@ import torch
 from torch import nn
 
 BEHAVIOURS = ("local", "global")
+FUSIONS = ("residual", "paper")
 
 
 class GatedFusion(nn.Module):
@@ -46,3 +55,17 @@ class GatedFusion(nn.Module):
             segments.append(h * gate)
         segments.extend(behaviour[b] for b in self.unpaired)
         return self.out(torch.cat(segments, dim=-1))
+
+
+class IntentResidual(nn.Module):
+    """``R``: a bias-free linear map from ``[H_sess; T h_v ...]`` to the base's output width,
+    initialised to zero (so the residual starts at exactly 0 and the base is kept)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, fused: torch.Tensor, intents: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        parts = [fused] + list(intents or ())
+        return self.linear(torch.cat(parts, dim=-1))

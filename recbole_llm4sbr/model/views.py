@@ -83,6 +83,12 @@ class GenericViews:
     def views(self, model, call: Call) -> Views:
         return call.base_forward(model), model.item_embedding(last_item(call.item_seq))
 
+    def base_output(self, model, call: Call, global_view: torch.Tensor, local_view: torch.Tensor) -> torch.Tensor:
+        """The vector the stock base scores with, composed from the two views exactly as the base's own
+        ``forward`` does (no second pass): what ``fusion: residual`` keeps. Here the global view is
+        the base's own output."""
+        return global_view
+
     def finish(self, model, fused: torch.Tensor) -> torch.Tensor:
         return fused
 
@@ -109,6 +115,9 @@ class SRGNNViews(GenericViews):
         a = torch.sum(alpha * seq_hidden * mask.view(mask.size(0), -1, 1).float(), 1)
         return a, ht
 
+    def base_output(self, model, call, global_view, local_view):
+        return model.linear_transform(torch.cat([global_view, local_view], dim=1))
+
 
 class GCSANViews(GenericViews):
     """GCSAN (Xu et al. 2019): global = self-attention output at the last position (it attends over
@@ -129,6 +138,9 @@ class GCSANViews(GenericViews):
         outputs = model.self_attention(seq_hidden, attention_mask, output_all_encoded_layers=True)
         at = model.gather_indexes(outputs[-1], item_seq_len - 1)
         return at, ht
+
+    def base_output(self, model, call, global_view, local_view):
+        return model.weight * global_view + (1 - model.weight) * local_view
 
 
 class NARMViews(GenericViews):
@@ -155,6 +167,10 @@ class NARMViews(GenericViews):
         c_local = torch.sum(alpha.expand_as(gru_out) * gru_out, 1)
         return model.ct_dropout(c_global), model.ct_dropout(c_local)
 
+    def base_output(self, model, call, global_view, local_view):
+        # the base drops out [c_local; c_global] as one tensor; per view here (the same in eval)
+        return model.b(torch.cat([local_view, global_view], dim=1))
+
 
 class STAMPViews(GenericViews):
     """STAMP (Liu et al. 2018): global = ``h_s = tanh(MLP_A(m_a))``, the general interest (attention
@@ -174,6 +190,9 @@ class STAMPViews(GenericViews):
         hs = model.tanh(model.mlp_a(ma))
         ht = model.tanh(model.mlp_b(last_inputs))
         return hs, ht
+
+    def base_output(self, model, call, global_view, local_view):
+        return global_view * local_view
 
 
 class NextItNetViews(GenericViews):

@@ -44,7 +44,7 @@ from torch import nn
 from recbole_llm4sbr.model.alignment import AlignUniformLoss, align_uniform_views
 from recbole_llm4sbr.model.bases import BaseSpec, base_of, resolve, wrapped_name
 from recbole_llm4sbr.model.controls import IntentControl, controlled_buffer, drop_intents
-from recbole_llm4sbr.model.fusion import GatedFusion
+from recbole_llm4sbr.model.fusion import FUSIONS, GatedFusion, IntentResidual
 from recbole_llm4sbr.model.mapped_intents import MappedIntents
 from recbole_llm4sbr.model.semantic import EIMFSemantic, EIMFTerms, text_target_loss
 from recbole_llm4sbr.model.views import Call, seq_len_of
@@ -148,6 +148,14 @@ class LLM4SBRMixin:
         self.fusion = GatedFusion(view_size, self.views, config["view_behaviour"])
         if out_size != view_size:  # e.g. NARM: hidden_size views, embedding_size scores
             self.fusion.out = nn.Linear(self.fusion.out.in_features, out_size, bias=False)
+        self.fusion_mode = str(config["fusion"] or "residual").strip().lower()
+        if self.fusion_mode not in FUSIONS:
+            raise ValueError(f"fusion = {config['fusion']!r}: expected one of {FUSIONS}. Fix: --fusion=residual")
+        self.intent_strength = float(1.0 if config["intent_strength"] is None else config["intent_strength"])
+        self.residual = None
+        if self.fusion_mode == "residual":  # R reads H_sess and, when the forward path has them, the intents
+            n_intents = len(self.views) if self.semantic_at_inference else 0
+            self.residual = IntentResidual(out_size + n_intents * view_size, out_size)
         self.au_loss = AlignUniformLoss()
         self._init_semantic_prediction(dataset, out_size, d_text)
         self._state: Optional[CallState] = None
@@ -290,10 +298,25 @@ class LLM4SBRMixin:
             # sum over views of AlignUniformLoss, all views in one fused op (model/alignment.py)
             state.au = align_uniform_views(torch.stack([behaviour[self.fusion.pairing[v]] for v in self.views]),
                                            torch.stack([aligned[v] for v in self.views]))
-        fused = self._adapter.finish(self, self.fusion(behaviour, intents))
+        fused = self._adapter.finish(self, self._combine(call, behaviour, intents))
         if first_loss_pass and (self.text_target_head is not None or self.eimf is not None):
             state.sem = fused
         return fused
+
+    def _combine(self, call: Call, behaviour: Dict[str, torch.Tensor],
+                 intents: Optional[Dict[str, torch.Tensor]]) -> torch.Tensor:
+        """The vector the base scores with (before ``finish``). ``fusion: paper``: the gated fusion
+        ``H_sess`` replaces the base's output. ``fusion: residual``: the base's own output plus
+        ``intent_strength * R[H_sess; T h_v ...]`` (``R`` starts at zero; strength 0 = the base's
+        output alone, the intents then act only through the training losses)."""
+        if self.residual is None:
+            return self.fusion(behaviour, intents)
+        base = self._adapter.base_output(self, call, behaviour["global"], behaviour["local"])
+        if self.intent_strength == 0:
+            return base
+        fused = self.fusion(behaviour, intents)
+        direct = None if intents is None else [intents[v] for v in self.views]
+        return base + self.intent_strength * self.residual(fused, direct)
 
     # -- RecBole's model interface -------------------------------------------------------------
     def _base_loss(self, interaction):
