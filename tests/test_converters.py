@@ -146,6 +146,24 @@ def test_ml1m_stats_and_files(ml1m_raw, tmp_path, caplog):
     ]
 
 
+def test_eval_every_trains_as_last_and_tests_every_prefix(ml1m_raw, tmp_path):
+    """`eval_every` (the `ml-100k-every` protocol): the training file is exactly `last`'s; the valid
+    and test files hold every prefix of the same sessions, each prefix before its own target."""
+    last = convert_small_ml1m(ml1m_raw, tmp_path / "last")
+    every = convert_small_ml1m(ml1m_raw, tmp_path / "every", samples="eval_every")
+    assert every["protocol"] == "eval_every"
+    assert read_inter(tmp_path / "every", "ml1m", "train") == read_inter(tmp_path / "last", "ml1m", "train")
+    for part in ("valid", "test"):
+        lasts, rows = read_inter(tmp_path / "last", "ml1m", part), read_inter(tmp_path / "every", "ml1m", part)
+        assert every[part]["sessions"] == last[part]["sessions"]
+        assert every[part]["samples"] == sum(len(p.split()) for _, p, _ in lasts)  # n - 1 prefixes each
+        assert set(lasts) <= set(rows)  # each session's last prefix is among them
+        for sid, prefix, target in rows:
+            full = next(p.split() + [t] for s, p, t in lasts if s == sid)
+            n = len(prefix.split())
+            assert full[:n] == prefix.split() and full[n] == target
+
+
 def test_truncation_keeps_last_items(ml1m_raw, tmp_path):
     stats = convert_small_ml1m(ml1m_raw, tmp_path, max_len=2)
     assert read_inter(tmp_path, "ml1m", "train")[4] == ("2_4", "6 2", "3")   # from 5 6 2

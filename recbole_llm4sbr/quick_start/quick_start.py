@@ -41,12 +41,13 @@ PER_SAMPLE_METRICS = ("recall", "mrr", "ndcg")
 
 
 def prepare_dataset(config, logger) -> None:
-    """Convert the bundled default dataset into ``data_path`` on first use (no network needed)."""
-    if config["dataset"] != DEFAULT_DATASET:
-        return
-    from recbole_llm4sbr.data.converters import ensure_default_dataset
+    """Convert a dataset bundled with RecBole's wheel (``ml-100k-session``, ``ml-100k-every``) into
+    ``data_path`` on first use (no network needed)."""
+    from recbole_llm4sbr.data.converters.movielens import BUNDLED, ensure_default_dataset
 
-    ensure_default_dataset(os.path.dirname(os.path.normpath(config["data_path"])))
+    if config["dataset"] not in BUNDLED:
+        return
+    ensure_default_dataset(os.path.dirname(os.path.normpath(config["data_path"])), config["dataset"])
 
 
 class RecordingCollector(Collector):

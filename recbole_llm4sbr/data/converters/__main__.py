@@ -1,5 +1,6 @@
 """`python -m recbole_llm4sbr.data.converters {ml-1m,ml-100k,beauty} [--raw_dir=DIR]
-[--data_path=DIR] [--dataset=NAME] [--split=0.8,0.1,0.1] [--min_item_count=5] [--max_len=50]`."""
+[--data_path=DIR] [--dataset=NAME] [--split=0.8,0.1,0.1] [--min_item_count=5] [--max_len=50]
+[--samples=last|every|eval_every]`."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
                    help="drop items with fewer clicks (5)")
     p.add_argument("--max_len", type=int, default=50,
                    help="prefixes keep their last N items (50)")
+    p.add_argument("--samples", default=None, choices=["last", "every", "eval_every"],
+                   help="samples per session: last (ML-1M, the movielens default), every prefix (Beauty, "
+                        "the beauty default), eval_every (train: last; valid/test: every prefix)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     data_path = data_path_or_default(a.data_path)
@@ -43,6 +47,8 @@ def main(argv=None) -> int:
     if raw_dir is None and a.source != "ml-100k":
         raw_dir = Path(data_path) / "raw" / a.source
     kwargs = dict(split=a.split, min_item_count=a.min_item_count, max_len=a.max_len)
+    if a.samples is not None:
+        kwargs["samples"] = a.samples
     try:
         CONVERTERS[a.source](raw_dir, data_path, a.dataset or f"{a.source}-session", **kwargs)
     except (ConversionError, ValueError) as e:

@@ -67,8 +67,9 @@ def read_titles(path, wanted: set) -> dict:
 
 
 def convert_beauty(raw_dir, data_path=None, dataset: str = "beauty-session", *,
-                   split=(0.8, 0.1, 0.1), min_item_count: int = 5, max_len: int = 50) -> dict:
-    """Beauty -> `<data_path>/<dataset>/` (protocol `every`); returns the statistics."""
+                   split=(0.8, 0.1, 0.1), min_item_count: int = 5, max_len: int = 50,
+                   samples: str = "every") -> dict:
+    """Beauty -> `<data_path>/<dataset>/` (protocol `every` unless `samples`); returns the statistics."""
     reviews = find_raw(raw_dir, REVIEWS, HOW)
     meta = find_raw(raw_dir, META, HOW)
     users, items, times = read_reviews(reviews)
@@ -85,5 +86,5 @@ def convert_beauty(raw_dir, data_path=None, dataset: str = "beauty-session", *,
         raise ConversionError(f"{meta}: none of the {len(set(items))} reviewed items has a title; "
                               f"check that it is the metadata of the same category as {reviews}")
     return build_dataset(group_clicks(df), titles, data_path_or_default(data_path), dataset,
-                         "every", split=split, min_item_count=min_item_count, max_len=max_len,
+                         samples, split=split, min_item_count=min_item_count, max_len=max_len,
                          clicks_file=str(reviews), text_file=str(meta), raw=raw)

@@ -22,7 +22,7 @@ import pandas as pd
 
 LOGGER = logging.getLogger("recbole_llm4sbr")
 
-PROTOCOLS = ("last", "every")
+PROTOCOLS = ("last", "every", "eval_every")
 SPLITS = ("train", "valid", "test")
 INTER_HEADER = "session_id:token\titem_id_list:token_seq\titem_id:token"
 TEXT_HEADER = "item_id\ttext"
@@ -173,11 +173,20 @@ def drop_unseen(splits: Mapping[str, list[Session]], min_len: int = 2):
     return out, dropped
 
 
+def split_protocol(protocol: str, split: str) -> str:
+    """The sample protocol of one split: `eval_every` trains on one sample per session (`last`) and
+    validates and tests on every prefix (`every`): the same training as `last`, with an evaluation
+    set about avg_len times larger (a test set that can separate models whose gap is ~.01)."""
+    if protocol == "eval_every":
+        return "last" if split == "train" else "every"
+    return protocol
+
+
 def make_samples(sessions: Iterable[Session], protocol: str) -> list[Sample]:
     """`last`: one sample per session, [i1..i(n-1)] -> in (the ML-1M protocol); `every`: every
     prefix [i1..it] -> i(t+1), t >= 1 (the Beauty protocol). A prefix never holds its target."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol not in PROTOCOLS[:2]:
+        raise ValueError(f"protocol must be one of {PROTOCOLS[:2]}, got {protocol!r}")
     out = []
     for s in sessions:
         first = len(s.items) - 1 if protocol == "last" else 1
@@ -327,7 +336,9 @@ def build_dataset(sessions: Iterable[Session], item_text: Mapping[str, str], dat
         raise ConversionError(
             f"{clicks_file}: split(s) {empty} are empty after filtering ({len(kept)} sessions "
             f"kept): use more data or change --split (now {','.join(map(str, split))})")
-    samples = {n: make_samples(splits[n], protocol) for n in SPLITS}
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    samples = {n: make_samples(splits[n], split_protocol(protocol, n)) for n in SPLITS}
     all_sessions = [s for n in SPLITS for s in splits[n]]
     all_samples = [x for n in SPLITS for x in samples[n]]
     stats = {
