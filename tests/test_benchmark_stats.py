@@ -328,3 +328,30 @@ def test_chart_is_drawn_with_matplotlib(tmp_path):
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert "![relative change vs base and vs arch](relative_gain.png)" in paths["md"].read_text()
     assert "not redrawn" not in paths["md"].read_text()
+
+
+def test_no_harm_table_and_best_against_best_pick_on_validation(tmp_path, monkeypatch):
+    """The user's questions: per base, does wrapping cost the stock model (gains / holds / below /
+    costs), and does the best wrapped model beat the best stock one, each picked by validation
+    (the test numbers must not decide which model is 'best')."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    cells = fixture_cells()
+    for c in cells:  # validation prefers stock GRU4Rec and wrapped SRGNN; test says GRU4Rec llm4sbr is best
+        if (c["base"], c["variant"]) in {("GRU4Rec", "base"), ("SRGNN", "llm4sbr")}:
+            c["best_valid_score"] = 0.09
+    assert agg.best_by_validation(cells, "base") == "GRU4Rec"
+    assert agg.best_by_validation(cells, "llm4sbr") == "SRGNN"
+    assert agg.best_by_validation(cells, "paper") is None
+    md = write_reports(Bench(tmp_path, cells), plot=False, quiet=True)["md"].read_text()
+    table = section(md, "## Does wrapping cost the base?")
+    row = next(line for line in table.splitlines() if line.startswith("| SRGNN |"))
+    assert row.startswith("| SRGNN | 3/3 | 0.2250 ± 0.0250 |") and row.count("| gains |") == 2
+    best = section(md, "### The best wrapped model against the best stock model")
+    assert "best stock model **GRU4Rec**, best wrapped model **LLM4SBR_SRGNN**" in best
+    assert "| Recall@20 | 0.2250 ± 0.0250 | 0.5250 ± 0.0250 | +0.3000 [" in best
+    # the verdict words
+    ci = {"mean": 0.2, "ref mean": 0.21}
+    assert agg.no_harm_verdict({**ci, "boot": {"lo": -0.01, "hi": 0.02}}) == "below"
+    assert agg.no_harm_verdict({**ci, "boot": {"lo": -0.03, "hi": -0.01}}) == "costs"
+    assert agg.no_harm_verdict({"mean": 0.21, "ref mean": 0.2, "boot": {"lo": -0.01, "hi": 0.02}}) == "holds"
+    assert agg.no_harm_verdict({"mean": 0.25, "ref mean": 0.2, "boot": {"lo": 0.01, "hi": 0.09}}) == "gains"

@@ -285,3 +285,35 @@ def at_cap(cell: dict) -> bool | None:
     if best is None or cap is None:
         return None
     return int(best) + 1 >= int(cap)
+
+
+def best_by_validation(cells: Sequence[dict], variant: str, bases: Sequence[str] | None = None) -> str | None:
+    """The base whose ``variant`` cells have the best mean ``best_valid_score`` over their seeds (the
+    validation split only: how a user would pick a model without looking at the test split); None
+    when no base has such cells."""
+    best = None
+    for (base, v), by_seed in group(cells).items():
+        if v != variant or (bases is not None and base not in bases):
+            continue
+        scores = [c.get("best_valid_score") for c in by_seed.values() if c.get("best_valid_score") is not None]
+        if not scores:
+            continue
+        bigger = next(iter(by_seed.values())).get("valid_score_bigger", True)
+        mean = float(np.mean(scores))
+        if best is None or (mean > best[1] if bigger else mean < best[1]):
+            best = (base, mean)
+    return None if best is None else best[0]
+
+
+def no_harm_verdict(c: dict) -> str:
+    """A wrapped model against its stock base on one metric (``compare``'s dict): ``gains`` (bootstrap
+    CI above 0), ``holds`` (mean at least the base's and no CI wholly below 0), ``costs`` (CI wholly
+    below 0), ``below`` (mean under the base's, CI across 0)."""
+    boot = c.get("boot")
+    if boot and boot["lo"] > 0:
+        return "gains"
+    if boot and boot["hi"] < 0:
+        return "costs"
+    if c.get("mean") is not None and c.get("ref mean") is not None and c["mean"] >= c["ref mean"]:
+        return "holds"
+    return "below"

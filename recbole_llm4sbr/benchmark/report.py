@@ -20,10 +20,12 @@ from recbole_llm4sbr.benchmark.aggregate import (
     HEADLINE_METRICS,
     aggregate,
     at_cap,
+    best_by_validation,
     compare,
     comparisons,
     group,
     metric_names,
+    no_harm_verdict,
 )
 from recbole_llm4sbr.benchmark.variants import VARIANTS
 from recbole_llm4sbr.model.bases import is_wrapped as is_wrapped_model
@@ -169,6 +171,12 @@ def cell_setting(cell: dict) -> dict | None:
     return cell.get("setting") or None
 
 
+def mean_std_of(by_seed: dict, metric: str) -> tuple:
+    """(mean, std) of one group's test ``metric`` over its seeds."""
+    c = compare(by_seed, {}, metric, bootstrap=False)
+    return c["mean"], c["std"]
+
+
 def llm_verdict(vs_base: dict | None, vs_arch: dict | None, vs_shuffled: dict | None,
                 vs_text: dict | None = None) -> str:
     """The report's rule: a gain is the LLM's only if ``llm4sbr`` beats the stock base and ``arch`` with
@@ -306,8 +314,62 @@ class Report:
             lines += [self.chart_note or "(not drawn: matplotlib is not installed; `pip install matplotlib`)", ""]
         return "\n".join(lines).rstrip() + "\n"
 
+    def user_markdown(self) -> list[str]:
+        """What a user asks first: does wrapping cost my base (``llm4sbr`` and ``paper`` against the
+        stock base), and does the best wrapped model beat the best stock model (both picked on the
+        validation split, then compared on test)."""
+        wrapped = [v for v in ("llm4sbr", "paper") if any((b, v) in self.groups for b in self.bases)]
+        if not wrapped or not self.headline:
+            return []
+        lines = ["## Does wrapping cost the base? Does the best wrapped model beat the best stock model?", "",
+                 ("`llm4sbr`: the default fusion (`fusion: residual`: the base's own session vector plus an intent "
+                  "term that starts at zero); `paper`: the paper's gated fusion, which replaces the base's vector. "
+                  "Verdict per metric: gains (bootstrap 95 % CI of the difference above 0), holds (mean at least the "
+                  "stock base's, CI not wholly below 0), below (mean under it, CI across 0), costs (CI wholly below 0)."),
+                 ""]
+        head = ["base", "seeds", *[f"stock {pretty_metric(m)}" for m in self.headline]]
+        for v in wrapped:
+            for m in self.headline:
+                head += [f"{v} {pretty_metric(m)}", f"{v} − stock [95 % CI]", "verdict"]
+        lines += [self._row(head), self._row(["---", "---:"] + ["---:"] * (len(head) - 2))]
+        for base in self.bases:
+            ref = self.groups.get((base, "base"))
+            if not ref or not any((base, v) in self.groups for v in wrapped):
+                continue
+            seeds = "/".join(str(len(self.groups.get((base, v), {}))) for v in ["base", *wrapped])
+            cols = [base, seeds]
+            cols += [fmt_mean_std(*mean_std_of(ref, m)) for m in self.headline]
+            for v in wrapped:
+                mine = self.groups.get((base, v))
+                for m in self.headline:
+                    if not mine:
+                        cols += ["no cells", "", ""]
+                        continue
+                    c = compare(mine, ref, m)
+                    cols += [fmt_mean_std(c["mean"], c["std"]), fmt_ci(c.get("boot")), no_harm_verdict(c)]
+            lines.append(self._row(cols))
+        lines += ["", self.caption(), ""]
+        stock = best_by_validation(self.cells, "base", self.bases)
+        best = best_by_validation(self.cells, "llm4sbr", self.bases)
+        if stock and best:
+            lines += ["### The best wrapped model against the best stock model", "",
+                      (f"Each picked by its mean validation score over seeds (`valid_metric`), never by test: best "
+                       f"stock model **{stock}**, best wrapped model **LLM4SBR_{best}** (`llm4sbr`). Their test "
+                       "difference, paired over the seeds both have:"), "",
+                      self._row(["metric", f"stock {stock}", f"LLM4SBR_{best}", "difference [95 % CI]", "t p", "boot p"]),
+                      self._row(["---"] + ["---:"] * 5)]
+            for m in self.headline:
+                c = compare(self.groups[(best, "llm4sbr")], self.groups[(stock, "base")], m)
+                boot = c.get("boot")
+                lines.append(self._row([pretty_metric(m), fmt_mean_std(c["ref mean"], c["ref std"]),
+                                        fmt_mean_std(c["mean"], c["std"]), fmt_ci(boot), fmt_p(c["p"]),
+                                        fmt_p(boot["p"]) if boot else "n/a"]))
+            lines += [""]
+        return lines
+
     def headline_markdown(self) -> list[str]:
-        lines = [
+        lines = self.user_markdown()
+        lines += [
             "## Is it the LLM?", "",
             "### How to read this", "",
             ("`base` is the stock RecBole model, trained with the same protocol as the wrapped ones; `arch` is "
