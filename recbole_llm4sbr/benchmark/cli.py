@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 
 from recbole_llm4sbr.benchmark.variants import parse_bases, parse_seeds, parse_variants
 from recbole_llm4sbr.benchmark.runner import BenchmarkError
-from recbole_llm4sbr.errors import run_command
+from recbole_llm4sbr.errors import check_config_files, run_command
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
 
@@ -126,6 +126,7 @@ def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides:
     from recbole_llm4sbr.validation import validate
 
     overrides = dict(overrides or {})
+    check_config_files(config_files)  # a syntax error: file, line and column, before any cell or report
     # every cell's config is checked when it is built; check the overrides now, before any stage 1 or training
     typed = {k: parse_value(v) if isinstance(v, str) else v for k, v in overrides.items()}
     validate(typed)
