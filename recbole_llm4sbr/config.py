@@ -14,6 +14,7 @@ import os
 import recbole
 from recbole.config import Config as RecBoleConfig
 
+from recbole_llm4sbr.errors import check_config_files
 from recbole_llm4sbr.intent.backends import check_backend_name
 from recbole_llm4sbr.paths import default_data_path, properties_dir
 from recbole_llm4sbr.utils import get_model
@@ -33,6 +34,7 @@ class Config(RecBoleConfig):
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
                  read_cmd_line=True):
         self._read_cmd_line = read_cmd_line
+        check_config_files(config_file_list)  # RecBole would print a traceback for a YAML syntax error
         super().__init__(model=model, dataset=dataset, config_file_list=config_file_list,
                          config_dict=config_dict)
         validate(self)

@@ -5,12 +5,17 @@ it as ONE line on stderr, ``error: <message> (rerun with --debug for the traceba
 ``--debug`` in that command's own argv (or ``LLM4SBR_DEBUG=1``) re-raises instead. Anything else is a
 bug and keeps its traceback. No RecBole import: stage 1's command line runs in an LLM-only
 environment.
+
+Two readers every command shares, so a bad file reads the same wherever it is met: ``read_yaml_file``
+(a config file; a syntax error names file, line and column) and ``utf8_error`` (the first line of a
+text file that is not UTF-8, with its byte offset).
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Type
 
 DEBUG_FLAG = "--debug"
 
@@ -21,6 +26,87 @@ class LLM4SBRError(ValueError):
 
 class ConfigError(LLM4SBRError):
     """A config key with a wrong type or value (``recbole_llm4sbr.validation``)."""
+
+
+#: the fix of a file that is not UTF-8
+UTF8_FIX = ("Fix: save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > NEW`) or correct that line")
+
+
+def utf8_error(path, error: Type[LLM4SBRError] = LLM4SBRError, opener: Callable = open) -> LLM4SBRError:
+    """The error for ``path`` not being UTF-8: the first line that does not decode, the byte offset of
+    the bad bytes in the file (in the uncompressed stream when ``opener`` is ``gzip.open``) and the fix.
+    Call it where reading the file raised ``UnicodeDecodeError`` (the file is read again, in binary)."""
+    offset = 0
+    with opener(path, "rb") as f:
+        for lineno, line in enumerate(f, start=1):  # a UTF-8 sequence never holds a newline byte
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = line[e.start:e.end]
+                return error(f"{path}, line {lineno} (byte {offset + e.start}): {bad!r} is not UTF-8. "
+                             f"{UTF8_FIX}")
+            offset += len(line)
+    return error(f"{path} is not UTF-8 text. {UTF8_FIX}")
+
+
+def _yaml_position(err, text: str) -> str:
+    """``line L, column C`` (1-based) of a PyYAML error, or '' when it has none."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    position = getattr(err, "position", None)  # yaml.reader.ReaderError: a character index
+    if isinstance(position, int):
+        before = text[:position]
+        return f"line {before.count(chr(10)) + 1}, column {position - before.rfind(chr(10))}"
+    return ""
+
+
+def read_yaml_file(path, loader=None, error: Type[LLM4SBRError] = ConfigError) -> Any:
+    """A ``--config_files`` file as a mapping ({} when empty); a missing file, bytes that are not
+    UTF-8, a YAML syntax error (with line and column) or a top level that is not ``key: value`` lines
+    is ``error`` with ONE line naming the file and the fix. ``loader``: a PyYAML loader class
+    (default ``yaml.SafeLoader``; stage 1 and RecBole add a float resolver, which changes types, not
+    what parses)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"config file {path} not found. Fix: check the path given to --config_files") from None
+    except IsADirectoryError:
+        raise error(f"config file {path} is a folder. Fix: name a .yaml file in --config_files") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise utf8_error(path, error) from None
+    try:
+        data = yaml.load(text, Loader=loader or yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        where = _yaml_position(e, text)
+        problem = getattr(e, "problem", None) or one_line(e)
+        if isinstance(e, yaml.reader.ReaderError):
+            char = chr(e.character) if isinstance(e.character, int) else e.character
+            problem = f"the character {char!r} is not allowed"
+        mark = getattr(e, "context_mark", None)
+        if getattr(e, "context", None) and mark is not None and getattr(e, "problem_mark", None) is not None:
+            problem += f"; {e.context} at line {mark.line + 1}, column {mark.column + 1}"
+        raise error(f"config file {path}{', ' + where if where else ''}: not valid YAML ({problem}). Fix: "
+                    f"correct that line: one 'key: value' per line, a space after the colon, quotes "
+                    f"and brackets closed, spaces (not tabs) for indentation") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"config file {path} holds a {type(data).__name__}, not 'key: value' lines. Fix: write "
+                    f"one 'key: value' per line (e.g. 'epochs: 30')")
+    return data
+
+
+def check_config_files(paths: Optional[Sequence[str]], error: Type[LLM4SBRError] = ConfigError) -> None:
+    """Read every ``--config_files`` file as ``read_yaml_file`` does, before anything else runs (RecBole
+    would print a traceback for a syntax error, and no file name for bytes that are not UTF-8)."""
+    for path in [paths] if isinstance(paths, (str, Path)) else paths or ():
+        read_yaml_file(path, error=error)
 
 
 #: what a command line reports as one line instead of a traceback

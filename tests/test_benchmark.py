@@ -3,7 +3,12 @@ run on a tiny dataset (resumable: a rerun trains nothing; a crash loses only the
 import csv
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -386,12 +391,39 @@ def test_a_crash_loses_only_the_cell_in_progress(tiny):
     assert len(bench.finished()) == 2
 
 
+#: a stand-in for another benchmark process training a cell: holds the flock of the lock file argv[1]
+HOLDER = ("import fcntl, json, os, sys, time\n"
+          "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+          "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+          "os.write(fd, json.dumps({'host': 'elsewhere', 'pid': os.getpid(), 'since': 'T'}).encode())\n"
+          "print('held', flush=True)\n"
+          "time.sleep(120)\n")
+
+
+@contextmanager
+def held_elsewhere(lock: Path):
+    """Another live process holding ``lock`` (its flock) while the block runs; killed after it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def one_stub_trained(trained):
+    def trainer(model, dataset, files, config_dict, **kwargs):
+        trained.append((model, config_dict["seed"]))
+        return {"test_result": {"recall@20": 0.1, "mrr@20": 0.01}, "best_epoch": 0}
+    return trainer
+
+
 def test_concurrent_runs_share_cells_and_take_over_stale_locks(tmp_path):
     """A cell held by a live benchmark process is skipped (no double training), one finished meanwhile is
     not retrained, and the lock of a process that died is taken over."""
-    import subprocess
-    import sys
-
     trained = []
 
     def trainer(model, dataset, files, config_dict, **kwargs):
@@ -404,19 +436,129 @@ def test_concurrent_runs_share_cells_and_take_over_stale_locks(tmp_path):
                       protocol="paper")
     held, stale, meanwhile = bench.plan()
     bench.cells_dir.mkdir(parents=True)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    try:
-        bench.cell_path(held).with_suffix(".lock").write_text(str(sleeper.pid))
-        bench.cell_path(stale).with_suffix(".lock").write_text(str(dead.pid))
+    bench.cell_path(stale).with_suffix(".lock").write_text(str(dead.pid))
+    with held_elsewhere(bench.cell_path(held).with_suffix(".lock")) as holder:
         bench.run()
-    finally:
-        sleeper.kill()
+        assert bench.cell_path(held).with_suffix(".lock").exists()  # the live holder's lock is left alone
     assert trained == [("GRU4Rec", 2)]  # only the stale-locked cell; not the held one, not the one finished meanwhile
     assert bench.load(held) is None and bench.load(stale)["test_result"]["recall@20"] == 0.1
     assert not bench.cell_path(stale).with_suffix(".lock").exists()
-    assert bench.cell_path(held).with_suffix(".lock").exists()  # the live holder's lock is left alone
+    assert bench.held == {held: f"process {holder.pid} on host elsewhere since T"}
+    assert [s.seed for s in bench.unfinished()] == [1]
+
+
+def test_a_lock_file_naming_a_live_pid_that_holds_no_lock_is_taken_over(tmp_path):
+    """A lock's PID may be reused by another process (or be this one's after a restart): only a held flock
+    keeps a cell, so a lock file naming a live process (here this test's own) never skips it."""
+    trained = []
+    bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1, 2], {}, tmp_path, trainer=one_stub_trained(trained),
+                      commit="abc", protocol="paper")
+    first, second = bench.plan()
+    bench.cells_dir.mkdir(parents=True)
+    bench.cell_path(first).with_suffix(".lock").write_text(str(os.getpid()))
+    bench.cell_path(second).with_suffix(".lock").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "2020-01-01T00:00:00"}))
+    bench.run()
+    assert trained == [("GRU4Rec", 1), ("GRU4Rec", 2)] and not bench.unfinished() and not bench.held
+    assert not list(bench.cells_dir.glob("*.lock"))
+
+
+def test_the_lock_of_a_killed_run_is_free_at_once(tmp_path):
+    trained = []
+    bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1], {}, tmp_path, trainer=one_stub_trained(trained),
+                      commit="abc", protocol="paper")
+    (cell,) = bench.plan()
+    lock = bench.cell_path(cell).with_suffix(".lock")
+    with held_elsewhere(lock) as holder:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        assert lock.exists() and str(holder.pid) in lock.read_text()  # left behind, naming a dead process
+        bench.run()
+    assert trained == [("GRU4Rec", 1)] and bench.load(cell) is not None and not lock.exists()
+
+
+def test_a_cell_is_locked_for_its_whole_training_and_released_after_its_file_is_written(tmp_path, monkeypatch):
+    from recbole_llm4sbr.benchmark.runner import CellLock
+
+    seen = []
+
+    def trainer(model, dataset, files, config_dict, **kwargs):
+        lock = bench.cell_path(cell).with_suffix(".lock")
+        other, who = CellLock.acquire(lock)  # a second claim (another open file) is refused while training
+        info = json.loads(lock.read_text())
+        seen.append((other, who, info["host"], info["pid"]))
+        return {"test_result": {"recall@20": 0.1, "mrr@20": 0.01}, "best_epoch": 0}
+
+    real = CellLock.release
+
+    def release(self):
+        seen.append(("released", bench.cell_path(cell).is_file()))
+        real(self)
+
+    monkeypatch.setattr(CellLock, "release", release)
+    bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1], {}, tmp_path, trainer=trainer, commit="abc", protocol="paper")
+    (cell,) = bench.plan()
+    bench.run()
+    assert seen[0][0] is None and seen[0][1].startswith(f"process {os.getpid()} on host {socket.gethostname()} since")
+    assert seen[0][2:] == (socket.gethostname(), os.getpid())
+    assert seen[1:] == [("released", True)]  # the cell's JSON was in place before the lock went
+    assert not bench.cell_path(cell).with_suffix(".lock").exists()
+
+
+def test_a_crashed_cell_lets_go_of_its_lock(tmp_path):
+    def trainer(model, dataset, files, config_dict, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1], {}, tmp_path, trainer=trainer, commit="abc", protocol="paper")
+    (cell,) = bench.plan()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        bench.run()
+    assert not bench.cell_path(cell).with_suffix(".lock").exists() and bench.load(cell) is None
+
+
+def test_a_results_folder_without_file_locks_is_refused_with_the_fix(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from recbole_llm4sbr.benchmark.runner import BenchmarkError
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    trained = []
+    bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1], {}, tmp_path, trainer=one_stub_trained(trained),
+                      commit="abc", protocol="paper")
+    with pytest.raises(BenchmarkError, match=r"\.lock: this file system does not support file locks .*"
+                                             r"Fix: --results_dir="):
+        bench.run()
+    assert trained == []
+
+
+def test_a_run_that_skips_a_held_cell_exits_3_with_one_line_and_an_honest_report(tmp_path, capsys, monkeypatch):
+    """The command must not end with exit code 0 while another live process still trains one of its cells:
+    one stderr line names that process and the fix; the report counts the cell as not finished."""
+    from recbole_llm4sbr.cli import main
+
+    monkeypatch.delenv("LLM4SBR_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    bench = Benchmark("tiny", ["GRU4Rec"], ["base"], [2020], {}, tmp_path / "res", protocol="paper")
+    (cell,) = bench.plan()
+    lock = bench.cell_path(cell).with_suffix(".lock")
+    argv = ["--benchmark", "--dataset=tiny", "--base_models=GRU4Rec", "--seeds=1", "--variants=base",
+            "--protocol=paper", f"--results_dir={tmp_path / 'res'}", "--no_plot"]
+    with held_elsewhere(lock) as holder:
+        code = main(argv)
+        assert lock.exists()  # still the holder's
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 3
+    assert len(err) == 1 and err[0].startswith("incomplete: 1 of 1 cells are not finished")
+    assert f"process {holder.pid} on host elsewhere since T is training {cell.id}" in err[0]
+    assert "Fix: rerun this command" in err[0]
+    assert "- cells finished: 0 of 1" in (tmp_path / "res" / "tiny" / "report.md").read_text()
+    assert main([*argv, "--report_only"]) == 0  # a report of what is there, by request
 
 
 def test_a_run_of_one_base_keeps_the_other_bases_in_the_directorys_report(tmp_path):

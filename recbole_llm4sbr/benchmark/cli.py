@@ -8,6 +8,8 @@ For each base and seed: the stock RecBole model and every LLM4SBR variant on the
 ``--epochs=10``, ``--intent_backend=transformers``, ``--intent_samples=typical``); ``--seed=S`` sets
 the first seed. Finished cells are kept under ``<results_dir>/<ds>/cells/`` and skipped on a rerun;
 the reports (``report.md``, ``summary.csv``, ``cells.csv``, ``relative_gain.png``) are rebuilt from them.
+A cell another live benchmark process is training (its lock is held) is skipped; the run then ends
+with one ``incomplete: ...`` line on stderr and exit code 3 (rerun once that process has finished).
 
 Protocols: fair (default): per (base, variant) a grid of learning_rate x lr_step_size (0 = constant lr,
 3 = x0.1 every 3 epochs) trained on the first seed with an epoch cap of 50 and early stopping after 5
@@ -37,7 +39,7 @@ from typing import Dict, List, Optional, Sequence
 
 from recbole_llm4sbr.benchmark.variants import parse_bases, parse_seeds, parse_variants
 from recbole_llm4sbr.benchmark.runner import BenchmarkError
-from recbole_llm4sbr.errors import run_command
+from recbole_llm4sbr.errors import check_config_files, run_command
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
 
@@ -131,6 +133,7 @@ def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides:
     from recbole_llm4sbr.validation import validate
 
     overrides = dict(overrides or {})
+    check_config_files(config_files)  # a syntax error: file, line and column, before any cell or report
     # every cell's config is checked when it is built; check the overrides now, before any stage 1 or training
     typed = {k: parse_value(v) if isinstance(v, str) else v for k, v in overrides.items()}
     validate(typed)
@@ -157,11 +160,31 @@ def _main(argv: List[str]) -> int:
 
     args, overrides = parse(argv)
     files = args.config_files.replace(",", " ").split() if args.config_files else None
-    run_benchmark(args.dataset, args.base_models, args.variants, args.seeds, overrides, args.results_dir,
-                  files, command=command_line(argv), report_only=args.report_only, plot=not args.no_plot,
-                  inference_repeats=args.inference_repeats, protocol=args.protocol, grid=args.grid,
-                  tune=args.tune)
-    return 0
+    bench, _ = run_benchmark(args.dataset, args.base_models, args.variants, args.seeds, overrides, args.results_dir,
+                             files, command=command_line(argv), report_only=args.report_only, plot=not args.no_plot,
+                             inference_repeats=args.inference_repeats, protocol=args.protocol, grid=args.grid,
+                             tune=args.tune)
+    return 0 if args.report_only else incomplete(bench)
+
+
+#: the exit code of a run that ends with cells another live benchmark process is still training
+INCOMPLETE = 3
+
+
+def incomplete(bench) -> int:
+    """0 when every cell of the plan is finished; else one stderr line saying which process holds what
+    and ``INCOMPLETE`` (the report counts "cells finished: n of m")."""
+    left = bench.unfinished()
+    if not left:
+        return 0
+    held = [(cell, who) for cell, who in bench.held.items() if bench.load(cell) is None]
+    if held:
+        why = f"{held[0][1]} is training {held[0][0].id}" + (f", and {len(held) - 1} more held" if len(held) > 1 else "")
+    else:
+        why = "another benchmark process holds a run they wait for"
+    print(f"incomplete: {len(left)} of {len(bench.slots())} cells are not finished ({why}); the report shows the "
+          f"others. Fix: rerun this command once that process has finished", file=sys.stderr)
+    return INCOMPLETE
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

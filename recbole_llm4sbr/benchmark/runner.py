@@ -434,14 +434,83 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class CellLock:
+    """A cell claimed by this process: ``<id>.lock`` under ``fcntl.flock`` for the whole training run.
+
+    The kernel lets go of an flock when its process ends, however it ends (killed, crashed, the
+    machine restarted), so the lock of a dead run is free at once, and a reused PID never holds one.
+    The file's text (host, pid, when the claim was taken) only names the holder in messages: a lock
+    file that no process holds is free whatever it says (e.g. one written by an older version, which
+    held no flock). The holder deletes the file before it lets go, so whoever locks a file that is no
+    longer at the path tries again with the one that is."""
+
+    def __init__(self, path: Path, fd: int, previous: str = ""):
+        self.path, self.fd = path, fd
+        #: the holder the file named before this claim (a process that ended without cleaning up)
+        self.previous = previous
+
+    @staticmethod
+    def holder(fd: int) -> str:
+        """Who the lock file says holds it: ``process P on host H since T``; '' when it is empty."""
+        try:
+            text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+        try:
+            info = json.loads(text)
+        except ValueError:
+            return f"process {text}" if text.isdigit() else ""
+        if not isinstance(info, dict):
+            return f"process {info}"
+        return f"process {info.get('pid')} on host {info.get('host')} since {info.get('since')}"
+
+    @classmethod
+    def acquire(cls, path: Path) -> Tuple[Optional["CellLock"], str]:
+        """``(lock, "")`` when this process now holds ``path``; ``(None, who)`` when another live process
+        (or another open of the file in this one) holds it."""
+        import errno
+        import fcntl
+        import socket
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                who = cls.holder(fd)
+                os.close(fd)
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise BenchmarkError(f"{path}: this file system does not support file locks ({e.strerror}), "
+                                         "which keep two benchmark runs from training one cell. Fix: "
+                                         "--results_dir=<a folder on a local disk>") from None
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+                return None, who or "another benchmark process"
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is None or not os.path.samestat(os.fstat(fd), current):
+                os.close(fd)  # its holder finished and deleted it meanwhile: lock the file there now
+                continue
+            previous = cls.holder(fd)
+            since = time.strftime("%Y-%m-%dT%H:%M:%S")
+            text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": since}) + "\n"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text.encode(), 0)
+            return cls(path, fd, previous), ""
+        return None, "another benchmark process (its lock file kept being replaced)"
+
+    def release(self) -> None:
+        """Delete the lock file, then let go of the lock (idempotent)."""
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -502,6 +571,8 @@ class Benchmark:
         #: variant -> the intent table tag this run's settings use (set by ``run``; None: no check, as
         #: for ``--report_only``, which shows every finished cell with the table it recorded)
         self._table_tags: Optional[Dict[str, str]] = None
+        #: cell -> the live process that held its lock when this run came to it (``claim``)
+        self.held: Dict[Cell, str] = {}
 
     # -- cells ------------------------------------------------------------------------------------------
 
@@ -810,6 +881,7 @@ class Benchmark:
         self._announce_choices()
         durations: Dict[tuple, List[float]] = {}
         attempted: set = set()
+        self.held = {}
         trained = 0
         while True:
             todo = [c for c in self.runs() if c.id not in attempted and self.load(c) is None]
@@ -832,8 +904,9 @@ class Benchmark:
             try:
                 measured = self.trainer(cell.model, self.dataset, self.config_files or None, self.config_dict(cell),
                                         inference_repeats=self.inference_repeats, known_meta=self.stage1)
-            finally:
-                claim.unlink(missing_ok=True)
+            except BaseException:
+                claim.release()
+                raise
             data = {
                 "format": CELL_FORMAT,
                 "id": cell.id,
@@ -852,7 +925,10 @@ class Benchmark:
                 "setting_from": self.source if self.reuses(cell.variant) else None,
                 **measured,
             }
-            write_json_atomic(self.cell_path(cell), data)
+            try:
+                write_json_atomic(self.cell_path(cell), data)
+            finally:
+                claim.release()  # after the cell's file is in place: the next claimant sees it finished
             trained += 1
             elapsed = time.perf_counter() - t0
             durations.setdefault((cell.base, cell.variant), []).append(elapsed)
@@ -869,41 +945,38 @@ class Benchmark:
         for base, variant in waiting:
             log.info(f"{base} / {variant}: a grid run is held by another benchmark process; its other seeds "
                      "train once it has finished (rerun this command then)")
+        for held, who in self.held.items():
+            if self.load(held) is None:
+                log.warning(f"{held.id}: not in this report: {who} is training it (rerun this command once that "
+                            "process has finished)")
         if report is not None and not trained:
             report(self)
         return self.finished()
 
-    def claim(self, cell: Cell) -> Optional[Path]:
-        """Claim ``cell`` for this process: its lock file (``<id>.lock``, holding the pid), or None when
-        the cell is finished or another live benchmark process holds it. Several benchmark runs over
-        the same results folder (e.g. ``--variants=base`` and ``--variants=text`` side by side on two
-        cores) thus share the cells they have in common instead of training them twice; a lock left
-        by a killed process (its pid is gone) is taken over."""
+    def claim(self, cell: Cell) -> Optional[CellLock]:
+        """Claim ``cell`` for this process: its held lock (``<id>.lock``, ``CellLock``), or None when the
+        cell is finished or another live benchmark process holds it (recorded in ``held``). Several
+        benchmark runs over the same results folder (e.g. ``--variants=base`` and ``--variants=text``
+        side by side on two cores) thus share the cells they have in common instead of training them
+        twice; the lock of a process that has ended, however, is free at once."""
         if self.load(cell) is not None:
             log.info(f"{cell.id}: finished by another benchmark run meanwhile; skipped")
             return None
-        lock = self.cell_path(cell).with_suffix(".lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _pid_alive(pid):
-                    log.info(f"{cell.id}: being trained by process {pid}; skipped here")
-                    return None
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            if self.load(cell) is not None:  # finished between the first check and the claim
-                lock.unlink(missing_ok=True)
-                return None
-            return lock
-        return None
+        lock, who = CellLock.acquire(self.cell_path(cell).with_suffix(".lock"))
+        if lock is None:
+            self.held[cell] = who
+            log.info(f"{cell.id}: being trained by {who}; skipped here")
+            return None
+        if lock.previous:
+            log.info(f"{cell.id}: the lock left by {lock.previous} is free (that process has ended); taken over")
+        if self.load(cell) is not None:  # finished between the first check and the claim
+            lock.release()
+            return None
+        return lock
+
+    def unfinished(self) -> List[Slot]:
+        """The slots without a finished final cell (read from disk now)."""
+        return [slot for slot, cell in zip(self.slots(), self.plan()) if self.load(cell) is None]
 
     @staticmethod
     def _eta(left: Sequence[Tuple[str, str]], durations: Dict[tuple, List[float]]) -> float:

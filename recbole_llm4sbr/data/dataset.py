@@ -12,6 +12,7 @@ import torch
 from recbole.data.dataset import SequentialDataset
 from recbole.utils import FeatureSource, FeatureType
 
+from recbole_llm4sbr.errors import LLM4SBRError, utf8_error
 from recbole_llm4sbr.intent.keys import prefix_key
 
 REQUIRED_COLUMNS = ("item_id_list:token_seq", "item_id:token")
@@ -19,33 +20,59 @@ REQUIRED_COLUMNS = ("item_id_list:token_seq", "item_id:token")
 TEXT_HEAD_WEIGHTS = ("text_target_weight", "eimf_weight")
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(LLM4SBRError):
     """A dataset file is missing, empty or malformed; the message names the file and the fix."""
 
 
-def check_benchmark_files(data_dir: str, dataset: str, parts) -> None:
-    """Fail early, naming the file, on what RecBole would report obscurely (or not at all)."""
+def check_benchmark_files(data_dir: str, dataset: str, parts, encoding: str = "utf-8") -> None:
+    """Fail early, naming the file, on what RecBole would report obscurely (or not at all): a missing
+    or empty file, a header without the session columns, and on EVERY line a field count other than
+    the header's, an empty prefix or target (RecBole would read a missing target as an item), or
+    bytes that are not ``encoding`` (with the line and byte offset)."""
     fix = (f"Fix: convert raw data with `python -m recbole_llm4sbr.data.converters ...` or write "
            f"{dataset}.<part>.inter with the header 'session_id:token<TAB>item_id_list:token_seq<TAB>item_id:token'.")
     for part in parts:
         path = os.path.join(data_dir, f"{dataset}.{part}.inter")
         if not os.path.isfile(path):
             raise DatasetFileError(f"Dataset '{dataset}': missing file {path}. {fix}")
-        with open(path, encoding="utf-8") as f:
-            header = f.readline().rstrip("\n")
-            first = f.readline()
+        try:
+            _check_lines(path, dataset, encoding, fix)
+        except UnicodeDecodeError:
+            if encoding.replace("-", "").replace("_", "").lower() != "utf8":
+                raise DatasetFileError(f"Dataset '{dataset}': {path} is not {encoding} text. Fix: set `encoding` "
+                                       f"to the file's encoding, or save it as UTF-8") from None
+            raise utf8_error(path, DatasetFileError) from None
+
+
+def _check_lines(path: str, dataset: str, encoding: str, fix: str) -> None:
+    with open(path, "rb") as f:
+        header = f.readline().decode(encoding).rstrip("\r\n")
         if not header:
             raise DatasetFileError(f"Dataset '{dataset}': {path} is empty. {fix}")
         columns = header.split("\t")
         absent = [c for c in REQUIRED_COLUMNS if c not in columns]
         if absent:
             raise DatasetFileError(f"Dataset '{dataset}': {path} has header {columns}, missing {absent}. {fix}")
-        if not first.strip():
+        required = [(c, columns.index(c)) for c in REQUIRED_COLUMNS]
+        samples = 0
+        for lineno, raw in enumerate(f, start=2):
+            line = raw.decode(encoding).rstrip("\r\n")
+            if not line.strip():
+                continue  # RecBole (pandas) skips blank lines
+            fields = line.split("\t")
+            if len(fields) != len(columns):
+                raise DatasetFileError(
+                    f"Dataset '{dataset}': {path}, line {lineno}: {len(fields)} tab-separated fields, the header "
+                    f"{len(columns)} ({' '.join(columns)}). Fix: correct or delete that line, or convert the "
+                    f"dataset again.")
+            for name, i in required:
+                if not fields[i].strip():
+                    raise DatasetFileError(
+                        f"Dataset '{dataset}': {path}, line {lineno}: the {name.split(':')[0]} field is empty. "
+                        f"Fix: correct or delete that line, or convert the dataset again.")
+            samples += 1
+        if not samples:
             raise DatasetFileError(f"Dataset '{dataset}': {path} has a header but no samples. {fix}")
-        if len(first.rstrip("\n").split("\t")) != len(columns):
-            raise DatasetFileError(
-                f"Dataset '{dataset}': {path} line 2 has {len(first.rstrip(chr(10)).split(chr(9)))} "
-                f"tab-separated fields, the header {len(columns)}. {fix}")
 
 
 #: ``intent_buffer_dtype`` -> the dtype of the in-memory intent buffer (``intent_mmap: False``)
@@ -97,7 +124,7 @@ class LLM4SBRDataset(SequentialDataset):
             raise DatasetFileError(
                 f"Dataset '{config['dataset']}': LLM4SBR needs session benchmark files. Fix: set "
                 "benchmark_filename: [train, valid, test] (properties/dataset/<ds>.yaml) and convert the data.")
-        check_benchmark_files(config["data_path"], config["dataset"], parts)
+        check_benchmark_files(config["data_path"], config["dataset"], parts, str(config["encoding"] or "utf-8"))
         super().__init__(config)
         self.intent_views, self.intent_vectors, self.intent_table_path = [], None, None
         self.intent_source, self.intent_rows = None, None  # a mapped table (intent_mmap), else None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..errors import utf8_error
 from .errors import IntentError
 from .keys import prefix_key
 from .settings import dataset_dir
@@ -55,29 +56,41 @@ def read_split(settings: Mapping[str, Any], split: str) -> List[Sample]:
             f"benchmark file {path} not found: convert the dataset first (recbole_llm4sbr.data.converters) "
             f"or point --data_path at the folder that holds {settings['dataset']}/"
         )
+    try:
+        return _read_split(path, split, list_field, item)
+    except UnicodeDecodeError:
+        raise utf8_error(path, IntentError) from None
+
+
+def _read_split(path: Path, split: str, list_field: str, item: str) -> List[Sample]:
+    fix = "Fix: correct that line (or convert the dataset again with recbole_llm4sbr.data.converters)"
     samples: List[Sample] = []
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\r\n").split("\t")
         col_list = _column(header, list_field)
         if col_list is None:
-            raise IntentError(f"{path}: the header has no {list_field}:token_seq column (header: {' '.join(header)})")
+            raise IntentError(f"{path}: the header has no {list_field}:token_seq column (header: {' '.join(header)}). "
+                              f"Fix: the first line must be 'session_id:token<TAB>{list_field}:token_seq<TAB>"
+                              f"{item}:token'")
         col_sess, col_item = _column(header, "session_id"), _column(header, item)
         for lineno, line in enumerate(f, start=2):
             line = line.rstrip("\r\n")
             if not line:
                 continue
             cols = line.split("\t")
-            if len(cols) <= col_list:
-                raise IntentError(f"{path}, line {lineno}: expected {len(header)} tab-separated columns, got {len(cols)}")
+            if len(cols) != len(header):
+                raise IntentError(f"{path}, line {lineno}: {len(cols)} tab-separated fields, the header has "
+                                  f"{len(header)} ({' '.join(header)}). {fix}")
             prefix = tuple(cols[col_list].split())
             if not prefix:
-                raise IntentError(f"{path}, line {lineno}: empty {list_field}; every sample needs a non-empty prefix")
+                raise IntentError(f"{path}, line {lineno}: empty {list_field}; every sample needs a non-empty "
+                                  f"prefix. {fix}")
             samples.append(
                 Sample(
                     split,
-                    cols[col_sess] if col_sess is not None and col_sess < len(cols) else None,
+                    cols[col_sess] if col_sess is not None else None,
                     prefix,
-                    cols[col_item] if col_item is not None and col_item < len(cols) else None,
+                    cols[col_item] if col_item is not None else None,
                 )
             )
     return samples
@@ -101,7 +114,15 @@ def read_item_text(settings: Mapping[str, Any]) -> Dict[str, str]:
     path = itemtext_path(settings)
     if not path.is_file():
         raise IntentError(f"item text file {path} not found: stage 1 needs it; write it with the data converter for {settings['dataset']}")
+    try:
+        return _read_item_text(path)
+    except UnicodeDecodeError:
+        raise utf8_error(path, IntentError) from None
+
+
+def _read_item_text(path: Path) -> Dict[str, str]:
     texts: Dict[str, str] = {}
+    lines: Dict[str, int] = {}  # item token -> the line that gave its text
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\r\n")
         if not header:
@@ -115,7 +136,13 @@ def read_item_text(settings: Mapping[str, Any]) -> Dict[str, str]:
             if "\t" not in line:
                 raise IntentError(f"item text file {path} is malformed at line {lineno}: expected 'item_id<TAB>text', got {line[:80]!r}")
             tok, text = line.split("\t", 1)
-            texts[tok.strip()] = text.strip()
+            tok = tok.strip()
+            if tok in lines:
+                raise IntentError(f"item text file {path}: item {tok!r} is on line {lines[tok]} and again on line "
+                                  f"{lineno}; one text per item. Fix: delete one of the two lines (or convert the "
+                                  f"dataset again with recbole_llm4sbr.data.converters)")
+            lines[tok] = lineno
+            texts[tok] = text.strip()
     if not texts:
         raise IntentError(f"item text file {path} has no items: expected one 'item_id<TAB>text' line per item")
     return texts

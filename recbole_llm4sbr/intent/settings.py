@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from ..errors import read_yaml_file
 from ..paths import default_data_path, properties_dir
 from ..validation import validate
 from .backends import check_backend_name
@@ -49,18 +50,7 @@ def yaml_loader() -> type:
 
 
 def _load_yaml_file(path: Path) -> Dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=yaml_loader())
-    except FileNotFoundError:
-        raise IntentError(f"config file {path} not found: check the path given to --config_files") from None
-    except yaml.YAMLError as e:
-        raise IntentError(f"config file {path} is not valid YAML ({e}); fix the file") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise IntentError(f"config file {path} must hold a mapping of key: value lines")
-    return data
+    return read_yaml_file(path, yaml_loader(), IntentError)
 
 
 def parse_value(text: str) -> Any:

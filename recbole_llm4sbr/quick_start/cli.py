@@ -22,7 +22,7 @@ import argparse
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from recbole_llm4sbr.errors import ConfigError, run_command
+from recbole_llm4sbr.errors import ConfigError, check_config_files, run_command
 
 
 def split_overrides(rest: Sequence[str]) -> Dict[str, str]:
@@ -58,6 +58,7 @@ def _main(argv: List[str]) -> int:
     args, rest = parse(argv)
     overrides = split_overrides(rest)
     files = args.config_files.replace(",", " ").split() if args.config_files else None
+    check_config_files(files)  # a syntax error: file, line and column, before any data or checkpoint is read
     from recbole_llm4sbr.quick_start.quick_start import DEFAULT_DATASET, read_checkpoint, run_recbole_llm4sbr
 
     model, dataset = args.model, args.dataset

@@ -10,8 +10,8 @@ import re
 import pandas as pd
 
 from recbole_llm4sbr.data.converters.common import (
-    LOGGER, ConversionError, build_dataset, data_path_or_default, find_raw, group_clicks,
-    malformed, read_lines)
+    LOGGER, ConversionError, build_dataset, data_path_or_default, duplicate_item, find_raw,
+    group_clicks, malformed, read_lines)
 
 REVIEWS = "reviews_Beauty_5.json"
 META = "meta_Beauty.json"
@@ -52,7 +52,7 @@ def read_reviews(path):
 def read_titles(path, wanted: set) -> dict:
     """asin -> title for the `wanted` asins. Lines whose asin is visibly unwanted are skipped
     unparsed: the full metadata file is ~10x larger than what the 5-core set needs."""
-    titles = {}
+    titles, where = {}, {}
     for n, line in read_lines(path):
         m = _ASIN.search(line)
         if m and m.group(1) not in wanted:
@@ -61,6 +61,10 @@ def read_titles(path, wanted: set) -> dict:
         if rec is None or "asin" not in rec:
             raise malformed(path, n, line, "one JSON object or Python dict literal with an asin")
         asin = str(rec["asin"]).strip()
+        if asin in where:
+            raise duplicate_item(path, asin, where[asin], n)
+        if asin in wanted:
+            where[asin] = n
         if asin in wanted and isinstance(rec.get("title"), str) and rec["title"].strip():
             titles[asin] = rec["title"]
     return titles

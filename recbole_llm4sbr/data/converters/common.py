@@ -1,6 +1,6 @@
 """Shared steps of every converter: clicks -> sessions -> filtered -> split -> samples -> files.
 
-pandas/numpy/stdlib only: no RecBole, no torch (stage 1 reads these files in environments without
+pandas/numpy/stdlib only (and the plugin's stdlib-only ``errors``): no RecBole, no torch (stage 1 reads these files in environments without
 them). The on-disk contract is docs/DESIGN.md, "Session dataset on disk".
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
+from recbole_llm4sbr.errors import LLM4SBRError, utf8_error
+
 LOGGER = logging.getLogger("recbole_llm4sbr")
 
 PROTOCOLS = ("last", "every", "eval_every")
@@ -30,7 +32,7 @@ STAT_COLUMNS = ("sessions", "samples", "items", "clicks", "avg_len")
 _SPACE = re.compile(r"\s")
 
 
-class ConversionError(ValueError):
+class ConversionError(LLM4SBRError):
     """Raw data that cannot be converted; the message names the file and how to fix it."""
 
 
@@ -72,12 +74,17 @@ def read_lines(path: Path, encoding: str = "utf-8"):
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     empty = True
-    with opener(path, "rt", encoding=encoding, newline="\n") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                empty = False
-                yield n, line
+    try:
+        with opener(path, "rt", encoding=encoding, newline="\n") as f:
+            for n, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    empty = False
+                    yield n, line
+    except UnicodeDecodeError:
+        if encoding.replace("-", "").lower() != "utf8":
+            raise ConversionError(f"{path} is not {encoding} text; download it again") from None
+        raise utf8_error(path, ConversionError, opener) from None
     if empty:
         raise ConversionError(f"{path}: the file is empty; download it again (or point "
                               f"--raw_dir at a folder with the complete file)")
@@ -88,6 +95,14 @@ def malformed(path, lineno: int, line: str, expected: str) -> ConversionError:
     shown = line if len(line) <= 120 else line[:117] + "..."
     return ConversionError(f"{path}, line {lineno}: malformed line {shown!r}; expected {expected}. "
                            f"Fix or delete that line (or download the file again)")
+
+
+def duplicate_item(path, item: str, first: int, again: int) -> ConversionError:
+    """The error for an item id on two lines of an item file: its text (hence its embedding) would
+    silently be the last line's."""
+    return ConversionError(f"{path}: item id {item!r} is on line {first} and again on line {again}; an item "
+                           f"has one line (its text). Fix: delete one of the two lines (or download the "
+                           f"file again)")
 
 
 # ---------------------------------------------------------------------------------------------

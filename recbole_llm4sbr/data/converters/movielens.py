@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from recbole_llm4sbr.data.converters.common import (
-    ConversionError, build_dataset, data_path_or_default, find_raw, group_clicks, malformed,
-    read_lines)
+    ConversionError, build_dataset, data_path_or_default, duplicate_item, find_raw, group_clicks,
+    malformed, read_lines)
 
 BUCKET_S = 600
 ML1M_HOW = ("download ml-1m.zip from https://grouplens.org/datasets/movielens/1m/ and unzip it "
@@ -55,12 +55,15 @@ def read_ml1m(raw_dir):
         users.append(m.group(1))
         items.append(m.group(2))
         times.append(int(m.group(3)))
-    text = {}
+    text, where = {}, {}
     for n, line in read_lines(movies, "latin-1"):
         head, sep, rest = line.partition("::")
         title, sep2, genres = rest.rpartition("::")
         if not (sep and sep2 and head.strip().isdigit()):
             raise malformed(movies, n, line, "MovieID::Title::Genres")
+        if head.strip() in where:
+            raise duplicate_item(movies, head.strip(), where[head.strip()], n)
+        where[head.strip()] = n
         text[head.strip()] = movie_text(title, "", genres.split("|"))
     return _sessions(users, items, times), text, ratings, movies
 
@@ -120,8 +123,11 @@ def read_ml100k(raw_dir=None):
             raise malformed(inter, n, line, "a numeric timestamp") from None
         users.append(row["user_id"].strip())
         items.append(row["item_id"].strip())
-    text = {}
-    for _, _, row in _atomic_rows(item, ("item_id", "movie_title", "release_year", "class")):
+    text, where = {}, {}
+    for n, _, row in _atomic_rows(item, ("item_id", "movie_title", "release_year", "class")):
+        if row["item_id"].strip() in where:
+            raise duplicate_item(item, row["item_id"].strip(), where[row["item_id"].strip()], n)
+        where[row["item_id"].strip()] = n
         text[row["item_id"].strip()] = movie_text(row["movie_title"], row["release_year"],
                                                   row["class"].split())
     return _sessions(users, items, times), text, inter, item
