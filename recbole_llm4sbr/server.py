@@ -83,6 +83,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client's requests share one connection
     server_version = "recbole-llm4sbr"
     timeout = TIMEOUT_S
+    # headers and body leave in two writes: without TCP_NODELAY the body waits for the client's
+    # delayed ACK (~40 ms a request)
+    disable_nagle_algorithm = True
     server: "RecommendServer"
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -249,8 +252,9 @@ def _positive(name: str, value: str) -> int:
         number = int(value)
     except ValueError:
         raise LLM4SBRError(f"--{name}={clip(value)} is not an integer. Fix: give a whole number.") from None
-    if number < (0 if name in ("port", "online_cache") else 1):
-        raise LLM4SBRError(f"--{name}={number} is out of range. Fix: give a positive number.")
+    if number < (0 if name in ("port", "online_cache") else 1) or (name == "port" and number > 65535):
+        raise LLM4SBRError(f"--{name}={number} is out of range. Fix: give a positive number"
+                           f"{' up to 65535' if name == 'port' else ''}.")
     return number
 
 

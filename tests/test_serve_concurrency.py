@@ -260,6 +260,29 @@ def test_serving_cli_exits_quietly_when_its_reader_goes_away(trained):
     assert b"Traceback" not in err and b"BrokenPipe" not in err
 
 
+def test_server_cli_serves_until_sigterm(trained):
+    root, free, _ = trained
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "recbole_llm4sbr.server", f"--checkpoint={free}", "--port=0"],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        line = proc.stderr.readline()  # "serving ... on http://127.0.0.1:<port>: ..."
+        assert "http://127.0.0.1:" in line, line + proc.stderr.read()[-2000:] if proc.poll() is not None else line
+        port = int(line.split("http://127.0.0.1:")[1].split(":")[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        status, body = post(conn, {"items": "101 104", "k": 3})
+        conn.close()
+        assert status == 200 and [r["item"] for r in body["items"]] == recommend(free, "101 104", k=3).items
+        assert body["items"][0]["title"].startswith("Movie number")
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_server_cli_refuses_bad_options_in_one_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-m", "recbole_llm4sbr.server", f"--checkpoint={tmp_path / 'no.pth'}"],
