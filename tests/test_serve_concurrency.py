@@ -245,6 +245,23 @@ def test_http_refuses_a_huge_body_unread_and_other_requests(http_server):
     assert answer.startswith(b"HTTP/1.1 405")
 
 
+def test_http_connections_over_the_limit_get_503(http_server):
+    server = make_server(http_server.served, "127.0.0.1", 0, max_connections=1)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    first = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    try:
+        assert post(first, {"items": ["101"], "k": 2})[0] == 200  # kept open: it holds the one slot
+        answer = raw_request(server.server_address[1], b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503") and b"max_connections" in answer
+        assert post(first, {"items": ["101"], "k": 2})[0] == 200  # the open one is still served
+    finally:
+        first.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 # -- CLI --------------------------------------------------------------------------------------------
 def test_serving_cli_exits_quietly_when_its_reader_goes_away(trained):
     root, free, _ = trained
