@@ -187,9 +187,11 @@ def test_cli_end_to_end(trained):
     first, second = [json.loads(line) for line in out.stdout.strip().splitlines()]
     assert len(first["items"]) == 3 and first["intents"] is None and second["session"] == ["101", "104"]
     assert first["items"] == recommend(free, session, k=3).items
+    texts = dict(line.split("\t") for line in (root / "data" / "tiny" / "tiny.itemtext").read_text().splitlines()[1:])
+    assert first["titles"] == [texts[t] for t in first["items"]]  # from <ds>.itemtext
     out = run_cli([f"--checkpoint={semantic}", f"--items={session}", "--k=4"], cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "intents (table)" in out.stdout and "grounded items" in out.stdout
+    assert "intents (table)" in out.stdout and "grounded items" in out.stdout and "Movie number" in out.stdout
     assert len([line for line in out.stdout.splitlines() if line[:1].isdigit()]) == 4
 
 

@@ -6,6 +6,9 @@ runs the per-prefix steps ``pipeline.build_intent_table`` runs (``rows.py``, sha
 the same backend as the table (``meta["backend"]``), the same encoder, and the table's own catalogue
 embeddings (``items.npy``) for the localization, so the vector is the one the table would hold.
 Backend, encoder and catalogue load once per ``OnlineIntents`` (the serving process keeps one).
+``infer`` may be called from many threads: the last ``cache_size`` prefixes' intents are kept (an LRU),
+and stage 1 itself (set-up included) runs one prefix at a time under the instance's lock, since a
+backend or an encoder is not assumed to be thread-safe.
 A table built with ``intent_representation: hidden`` (``meta["representation"]``) is served the same
 way: the prompts' pooled LLM states (``hidden.HiddenEncoder``) stand in for answer + encoder.
 
@@ -14,6 +17,8 @@ Imports no RecBole (stage 1 runs in an LLM-only environment).
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -53,11 +58,12 @@ class OnlineIntents:
     ``settings``: the stage-1 settings the table was built with (a dict; stage 2 passes
     ``data.intents.stage1_settings(config)``). ``table_path``: that table's folder, whose backend and
     catalogue embeddings are reused; without it the backend is resolved from the settings and the
-    catalogue is encoded once.
+    catalogue is encoded once. ``cache_size``: how many prefixes' intents are kept, the most
+    recently used (0: none).
     """
 
     def __init__(self, settings: Mapping[str, Any], table_path: Optional[Path] = None,
-                 logger: Optional[logging.Logger] = None):
+                 logger: Optional[logging.Logger] = None, cache_size: int = 1024):
         self.log = logger or _log
         self.settings = normalize_settings(dict(settings))
         self.views = intent_views(self.settings)  # ordered view -> qualifier
@@ -83,7 +89,10 @@ class OnlineIntents:
         self._backend = None
         self._encoder = None
         self._catalogue = None  # (tokens, vectors [n_items, d_text])
-        self._cache: Dict[str, OnlineIntent] = {}
+        self.cache_size = max(0, int(cache_size))
+        self._cache: "OrderedDict[str, OnlineIntent]" = OrderedDict()  # LRU: most recent last
+        self._cache_lock = threading.Lock()
+        self._lock = threading.RLock()  # stage 1 (and the lazy loads it makes), one prefix at a time
         # the table's own search (intent_ann: an approximate index above the threshold, as the build
         # grounded it), its index built on the first unseen prefix and kept
         self._search = Search.from_settings(self.settings)
@@ -129,8 +138,33 @@ class OnlineIntents:
         if unknown:
             raise IntentError(f"item tokens {unknown} have no text in {self.settings['dataset']}.itemtext")
         key = prefix_key(prefix)
-        if key in self._cache:
-            return self._cache[key]
+        found = self._cached(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._cached(key)  # another thread may have just inferred it
+            if found is None:
+                found = self._infer(key, prefix)
+                self._remember(found)
+        return found
+
+    def _cached(self, key: str) -> Optional[OnlineIntent]:
+        with self._cache_lock:
+            found = self._cache.get(key)
+            if found is not None:
+                self._cache.move_to_end(key)
+            return found
+
+    def _remember(self, found: OnlineIntent) -> None:
+        if self.cache_size <= 0:
+            return
+        with self._cache_lock:
+            self._cache[found.key] = found
+            self._cache.move_to_end(found.key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def _infer(self, key: str, prefix: List[str]) -> OnlineIntent:
         names = self.rows.view_names
         if self.hidden:  # no generation: each prompt's pooled LLM state (pipeline.hidden_rows)
             answers = [Answer(p) for p in self.rows.prompts(prefix)]
@@ -146,14 +180,13 @@ class OnlineIntents:
         if self.hidden:
             for entry in record["views"].values():
                 entry["answer"] = None
-        result = OnlineIntent(key, prefix, names, vectors, raw, record)
-        self._cache[key] = result
-        return result
+        return OnlineIntent(key, prefix, names, vectors, raw, record)
 
     def close(self) -> None:
-        if self.hidden and self._encoder is not None:
-            self._encoder.close()
-            self._encoder = None
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+        with self._lock:
+            if self.hidden and self._encoder is not None:
+                self._encoder.close()
+                self._encoder = None
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None

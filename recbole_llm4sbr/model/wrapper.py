@@ -7,7 +7,8 @@ call ``self.forward(...)`` with their usual arguments (``(item_seq, item_seq_len
 ``(user, item_seq)``, ...: read from the base's signature) and so run unchanged: CE or BPR, RecBole's
 Trainer and evaluator; prediction costs the fusion's small matmuls, not a second pass. The mixin
 hands the batch's prefix keys to ``forward`` around those calls (``call_state``: set on the way in,
-cleared on the way out, whatever happens) and adds ``au_weight * (alignment + uniformity)`` to the
+cleared on the way out, whatever happens; held per thread, so concurrent calls on one model never
+read each other's keys) and adds ``au_weight * (alignment + uniformity)`` to the
 loss as a second term (the Trainer sums and logs it). Per-base view adapters and the two per-base
 mixins (BERT4Rec, FEARec) live in ``views.py``; the attribution controls (``intent_control``,
 ``intent_dropout``) in ``controls.py``.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import inspect
 import sys
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional
 
@@ -89,6 +91,13 @@ class CallState:
     passes: int = 0
     au: Optional[torch.Tensor] = None  # alignment-uniformity of the first pass
     sem: Optional[torch.Tensor] = None  # the first pass's fused vector (text target, EIMF alignment)
+
+
+#: the ``CallState`` of every model inside a ``call_state`` block, by ``id(model)``, in the current
+#: context: each thread (and asyncio task) has its own, so threads sharing one model (a serving
+#: process) never see each other's keys or vectors, and the model itself holds no per-call state
+#: (it pickles, deep-copies and saves as before). The dict is replaced, never mutated in place.
+_CALL_STATES: ContextVar[Optional[Dict[int, CallState]]] = ContextVar("llm4sbr_call_states", default=None)
 
 
 class LLM4SBRMixin:
@@ -202,13 +211,26 @@ class LLM4SBRMixin:
                 f"{width} wide (its longest prefix). Fix: --MAX_ITEM_LIST_LENGTH={width}.")
 
     # -- per-call state -----------------------------------------------------------------------
+    @property
+    def _state(self) -> Optional[CallState]:
+        """The state of this model's innermost ``call_state`` block in the current thread (None outside)."""
+        return (_CALL_STATES.get() or {}).get(id(self))
+
+    @_state.setter
+    def _state(self, state: Optional[CallState]) -> None:
+        states = {k: v for k, v in (_CALL_STATES.get() or {}).items() if k != id(self)}
+        if state is not None:
+            states[id(self)] = state
+        _CALL_STATES.set(states)
+
     @contextmanager
     def call_state(self, interaction=None, vectors: Optional[torch.Tensor] = None,
                    losses: bool = False) -> Iterator[CallState]:
         """The state the ``forward`` passes inside the block read: the batch's prefix keys and
         sequences (from ``interaction``, when given), intent vectors given directly, and the first
         pass's auxiliary terms (``losses``). Cleared on the way out, exception or not, so no later
-        call can read an earlier batch's keys; an enclosing state is restored."""
+        call can read an earlier batch's keys; an enclosing state is restored. Per thread: another
+        thread's block on the same model is invisible here."""
         state = CallState(vectors=vectors, losses=losses)
         if interaction is not None:
             state.keys = interaction[self.KEY_FIELD] if self.KEY_FIELD in interaction else None
