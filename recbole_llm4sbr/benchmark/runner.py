@@ -864,9 +864,14 @@ class Benchmark:
     def run(self, report: Optional[Callable[["Benchmark"], None]] = None) -> List[dict]:
         n_final = len(self.slots())
         total = self.total_runs()
-        grid = (f"protocol {self.protocol.name}: a grid of {len(self.settings_grid)} settings "
-                f"({', '.join(f'{k} {list(v)}' for k, v in self.grid.items())}) per (base, variant) on seed "
-                f"{self.seeds[0]}, " if self.searched else
+        axes = self.base_axes if self.source == "base" else self.grid
+        around = (f"; wrapped variants train with the base's choice and search "
+                  f"{', '.join(f'{k} {list(v)}' for k, v in self.wrapped_axes.items()) or 'nothing'} around it"
+                  if self.source == "base" else "")
+        grid = (f"protocol {self.protocol.name}: a grid of {len(grid_settings(axes))} settings "
+                f"({', '.join(f'{k} {list(v)}' for k, v in axes.items())}) per "
+                f"{'stock base' if self.source == 'base' else '(base, variant)'} on seed {self.seeds[0]}{around}, "
+                if self.searched else
                 f"protocol {self.protocol.name} ({_fmt_setting(self.settings_grid[0])}), ")
         pending = [c for c in self.runs() if self.load(c) is None]
         if pending:
