@@ -152,7 +152,7 @@ def test_attribution_variants_config_and_digests():
     assert variant_config("shuffled", user) == {**user, "intent_control": "shuffled"}
     assert "intent_control" not in variant_config("llm4sbr", user)  # the configured backend, real intents
     assert VARIANTS["arch"].model("GRU4Rec") == VARIANTS["shuffled"].model("GRU4Rec") == "LLM4SBR_GRU4Rec"
-    # NARM's pairing question (README "Fidelity"): the same views, paired the other way round
+    # NARM's pairing question (docs/FIDELITY.md): the same views, paired the other way round
     assert variant_config("swapped", user)["view_behaviour"] == {"long": "local", "short": "global"}
     assert variant_config("all", user)["intent_samples"] == "all"  # per-prefix answers, not exemplars
     assert variant_config("titles", user)["intent_decoding"] == "titles"  # answers constrained to titles

@@ -7,7 +7,7 @@ A variant is ``(wrapped, overrides, label)``: ``wrapped`` says whether the cell 
 Attribution controls (read by the model as ``intent_control``): ``arch`` gives every sample one
 constant intent (what the wrapper's architecture alone adds), ``shuffled`` a fixed permutation of the
 intent table's rows (intents of other sessions); both on the configured intent backend, like ``llm4sbr``.
-Investigation (issue 11 item 4: why do the intents add nothing over a constant?): ``train_only``
+Investigation (why do the intents add nothing over a constant?): ``train_only``
 (EIMF's training-only use: the gates never read intents), ``eimf`` / ``train_only_eimf`` (EIMF's
 LLM-side semantic loss + modality alignment, ``eimf_weight`` 0.1 as in EIMF), ``drop30`` (intent
 dropout), ``au_hi`` / ``au_lo`` (the alignment weight; ``arch_au_hi``, ``shuffled_au_hi``, ``text_au_hi``: ``au_hi``'s
