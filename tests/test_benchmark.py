@@ -558,3 +558,29 @@ def test_cells_name_paths_under_the_working_directory_relatively(tmp_path, monke
     assert info["path"] == str(Path("dataset/ds/intent/text-1234")) and info["tag"] == "text-1234"
     assert info["backend_info"]["model_path"] == str(Path("models/m"))
     assert portable_path("/elsewhere/x") == "/elsewhere/x" and portable_path("rel/x") == "rel/x"
+
+
+def test_compact_cells_script_rewrites_old_cells_in_place(tmp_path):
+    """benchmarks/compact_cells.py: an old one-number-per-line cell with absolute paths under the
+    checkout becomes the compact form with relative paths; other values and outside paths unchanged."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compact_cells", Path(__file__).resolve().parents[1] /
+                                                  "benchmarks" / "compact_cells.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    checkout = tmp_path / "checkout"
+    cell = fake_cell("SRGNN", "llm4sbr", 2020, 0.14, 0.05, 3.0, 0.3, 1100,
+                     intent={"path": str(checkout / "dataset" / "ds" / "intent" / "text-1"), "tag": "text-1",
+                             "backend_info": {"model_path": "/opt/models/m"}})
+    cell["per_sample"] = {"order_sha1": "abc", "n": 4, "recall@20": [0, 1, 0, 1], "mrr@20": [0.0, 0.5, 0.0, 1.0]}
+    path = tmp_path / "res" / "ds" / "cells" / "SRGNN__llm4sbr__seed2020__abcd1234.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(cell, indent=1), encoding="utf-8")
+    assert mod.main([str(tmp_path / "res"), f"--root={checkout}"]) == 0
+    new = json.loads(path.read_text(encoding="utf-8"))
+    assert new["intent"]["path"] == str(Path("dataset/ds/intent/text-1"))
+    assert new["intent"]["backend_info"]["model_path"] == "/opt/models/m"  # outside the checkout: kept
+    new["intent"]["path"] = cell["intent"]["path"]
+    assert new == cell and len(path.read_text(encoding="utf-8").splitlines()) < 40
+    assert mod.compact(tmp_path / "res", str(checkout)) == 0  # a second run changes nothing
