@@ -1,4 +1,4 @@
-"""Why does LLM4SBR_SASRec lose to stock SASRec? Probes of the fused session vector (issue 11).
+"""Why does LLM4SBR_SASRec lose to stock SASRec? Probes of the fused session vector.
 
 SASRec is wrapped with the generic pair (global = its transformer output at the last position, local =
 the last item's raw embedding) and the fused vector ``W [a_g H_g; a_l H_l]`` replaces its output with no

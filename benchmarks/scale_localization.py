@@ -1,4 +1,4 @@
-"""Exact vs approximate localization at catalogue scale (a script, not a test; issue 10).
+"""Exact vs approximate localization at catalogue scale (a script, not a test).
 
 A synthetic catalogue of clustered unit vectors (``n / 100`` topics, cosine ~0.7 to its topic) and
 queries each near one item, at the text encoder's width (d = 384). For each catalogue size and each

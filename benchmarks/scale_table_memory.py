@@ -1,4 +1,4 @@
-"""Peak memory of training with a huge mapped intent table vs without intents (a script; issue 10).
+"""Peak memory of training with a huge mapped intent table vs without intents (a script).
 
 Writes a synthetic session dataset (``--sessions`` samples over ``--items`` items) and a synthetic
 intent table of ``--prefixes`` rows (2 views x 384, float16: 5M rows are 7.7 GB on disk) holding the

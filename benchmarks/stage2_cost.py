@@ -1,8 +1,8 @@
-"""Stage-2 cost: LLM4SBR_<Base> against the stock <Base>, side by side in one run (issue 9).
+"""Stage-2 cost: LLM4SBR_<Base> against the stock <Base>, side by side in one run.
 
     python benchmarks/stage2_cost.py                                  # six bases, 3 seeds, 2 epochs
     python benchmarks/stage2_cost.py --bases STAMP,GRU4Rec --seeds 1  # a quick look
-    python benchmarks/stage2_cost.py --data_path /work/main/dataset   # an already converted dataset
+    python benchmarks/stage2_cost.py --data_path dataset   # an already converted dataset
     python benchmarks/stage2_cost.py --bases GRU4Rec --set intent_buffer_dtype=float32  # another setting
 
 Per (base, seed) the stock and the wrapped model train ``--epochs`` epochs on ``ml-100k-session``
@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 BASES = ("SRGNN", "GCSAN", "NARM", "STAMP", "GRU4Rec", "SASRec")
 DATASET = "ml-100k-session"
-#: the issue's goals: wrapped / stock
+#: the goals: wrapped / stock
 GOALS = {"epoch": 1.2, "inference": 1.1, "memory": 1.1}
 KEEP = ("epoch_time_s", "epoch_times", "inference_s", "inference_runs_s", "peak_mem_mb", "peak_mem_kind",
         "test_result", "load_avg", "params", "torch_threads", "model_file")

@@ -157,7 +157,7 @@ def test_attribution_variants_config_and_digests():
     assert variant_config("shuffled", user) == {**user, "intent_control": "shuffled"}
     assert "intent_control" not in variant_config("llm4sbr", user)  # the configured backend, real intents
     assert VARIANTS["arch"].model("GRU4Rec") == VARIANTS["shuffled"].model("GRU4Rec") == "LLM4SBR_GRU4Rec"
-    # NARM's pairing question (README "Fidelity"): the same views, paired the other way round
+    # NARM's pairing question (docs/FIDELITY.md): the same views, paired the other way round
     assert variant_config("swapped", user)["view_behaviour"] == {"long": "local", "short": "global"}
     assert variant_config("all", user)["intent_samples"] == "all"  # per-prefix answers, not exemplars
     assert variant_config("titles", user)["intent_decoding"] == "titles"  # answers constrained to titles
@@ -276,7 +276,8 @@ def test_fair_protocol_two_cells_end_to_end_then_rerun_trains_nothing(tiny):
         assert cell["epochs_run"] == len(cell["epoch_times"]) and cell["best_epoch"] in (0, 1)
         assert cell["inference_s"] > 0 and cell["params"] > 0 and cell["inference_reproduced"]
         assert cell["time_to_best_s"] > 0 and cell["peak_mem_kind"] in ("peak RSS growth", "cuda max allocated")
-        assert Path(cell["model_file"]).is_file() and str(folder / "cells" / "checkpoints") in cell["model_file"]
+        assert Path(cell["model_file"]).is_file() and not Path(cell["model_file"]).is_absolute()  # under cwd
+        assert (folder / "cells" / "checkpoints").resolve() in Path(cell["model_file"]).resolve().parents
         per = cell["per_sample"]
         assert per["n"] == cell["test_samples"] == len(per["recall@20"]) == len(per["ndcg@5"])
         assert sum(per["mrr@20"]) / per["n"] == pytest.approx(cell["test_result"]["mrr@20"], abs=1e-6)
@@ -698,3 +699,75 @@ def test_reuse_mode_end_to_end_on_the_tiny_dataset(tiny):
     assert "fair (setting reused from llm4sbr)" in md
     log = (tmp_path / "res" / "tiny" / "cells" / "benchmark.log").read_text()
     assert "GRU4Rec / drop30: reuses the setting chosen for llm4sbr" in log
+
+
+def test_cell_files_keep_outcome_lists_on_one_line_and_old_files_read_the_same(tmp_path, monkeypatch):
+    """A cell's per-sample lists are one line each (a file of ~100 lines, not one per number); a
+    report from files in the old one-number-per-line form is the same report."""
+    from recbole_llm4sbr.benchmark.cli import run_benchmark
+
+    rng = __import__("random").Random(0)
+    cells = fixed_cells()
+    for cell in cells:
+        hits = [rng.random() < 0.3 for _ in range(200)]
+        cell["per_sample"] = {"order_sha1": "abc", "n": 200, "recall@20": [int(h) for h in hits],
+                              "mrr@20": [round(1 / rng.randint(1, 20), 6) if h else 0.0 for h in hits]}
+    reports = {}
+    for form in ("old", "new"):
+        root = tmp_path / form
+        bench = Benchmark("ds", ["SRGNN"], ["base", "llm4sbr"], [2020, 2021, 2022], {}, root, protocol="paper")
+        by_key = {(c["base"], c["variant"], c["seed"]): c for c in cells}
+        for cell in bench.plan():
+            data = by_key[(cell.base, cell.variant, cell.seed)]
+            path = bench.cell_path(cell)
+            if form == "old":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            else:
+                write_json_atomic(path, data)
+                text = path.read_text(encoding="utf-8")
+                assert len(text.splitlines()) < 60 and json.loads(text) == data
+                assert '"recall@20": [' + ",".join(str(v) for v in data["per_sample"]["recall@20"]) + "]" in text
+                mrr = text.split('"mrr@20": [')[1].split("]")[0].split(",")
+                assert "0" in mrr and "0.0" not in mrr  # misses written as 0
+        _, paths = run_benchmark("ds", "SRGNN", "llm4sbr", "3", {}, root, report_only=True, command="cmd",
+                                 commit="abc1234", protocol="paper", plot=False)
+        reports[form] = paths["md"].read_text()
+    assert "bootstrap" in reports["new"] and reports["old"] == reports["new"]
+
+
+def test_cells_name_paths_under_the_working_directory_relatively(tmp_path, monkeypatch):
+    from recbole_llm4sbr.benchmark.runner import intent_info, portable_path
+
+    monkeypatch.chdir(tmp_path)
+    table = tmp_path / "dataset" / "ds" / "intent" / "text-1234"
+    info = intent_info(table, {"backend": "text", "backend_info": {"model_path": str(tmp_path / "models" / "m")}})
+    assert info["path"] == str(Path("dataset/ds/intent/text-1234")) and info["tag"] == "text-1234"
+    assert info["backend_info"]["model_path"] == str(Path("models/m"))
+    assert portable_path("/elsewhere/x") == "/elsewhere/x" and portable_path("rel/x") == "rel/x"
+
+
+def test_compact_cells_script_rewrites_old_cells_in_place(tmp_path):
+    """benchmarks/compact_cells.py: an old one-number-per-line cell with absolute paths under the
+    checkout becomes the compact form with relative paths; other values and outside paths unchanged."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compact_cells", Path(__file__).resolve().parents[1] /
+                                                  "benchmarks" / "compact_cells.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    checkout = tmp_path / "checkout"
+    cell = fake_cell("SRGNN", "llm4sbr", 2020, 0.14, 0.05, 3.0, 0.3, 1100,
+                     intent={"path": str(checkout / "dataset" / "ds" / "intent" / "text-1"), "tag": "text-1",
+                             "backend_info": {"model_path": "/opt/models/m"}})
+    cell["per_sample"] = {"order_sha1": "abc", "n": 4, "recall@20": [0, 1, 0, 1], "mrr@20": [0.0, 0.5, 0.0, 1.0]}
+    path = tmp_path / "res" / "ds" / "cells" / "SRGNN__llm4sbr__seed2020__abcd1234.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(cell, indent=1), encoding="utf-8")
+    assert mod.main([str(tmp_path / "res"), f"--root={checkout}"]) == 0
+    new = json.loads(path.read_text(encoding="utf-8"))
+    assert new["intent"]["path"] == str(Path("dataset/ds/intent/text-1"))
+    assert new["intent"]["backend_info"]["model_path"] == "/opt/models/m"  # outside the checkout: kept
+    new["intent"]["path"] = cell["intent"]["path"]
+    assert new == cell and len(path.read_text(encoding="utf-8").splitlines()) < 40
+    assert mod.compact(tmp_path / "res", str(checkout)) == 0  # a second run changes nothing

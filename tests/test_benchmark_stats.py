@@ -1,4 +1,4 @@
-"""Issue 11 "is it the LLM?": the paired bootstrap over test samples on hand-made inputs, and the report
+"""The report's "is it the LLM?" statistics: the paired bootstrap over test samples on hand-made inputs, and the report
 built from fixed cells (headline rows vs the stock base and vs ``arch``, the at-cap flag, the commits the
 cells were trained at, the chart kept when matplotlib is missing)."""
 import csv

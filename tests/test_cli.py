@@ -66,7 +66,8 @@ def test_help_names_every_command_and_flag(tmp_path):
     (["--benchmark", "--model=SRGNN"], "--model has no meaning with --benchmark"),
     (["--benchmark", "--protocol=paper", "--grid_learning_rate=0.1"], "only applies to --protocol=fair"),
     (["--benchmark", "--variants=nope"], "Unknown variant 'nope'"),
-    (["--checkpoint=nowhere.pth"], "checkpoint nowhere.pth not found"),
+    (["--eval_only", "--checkpoint=nowhere.pth"], "checkpoint nowhere.pth not found"),
+    (["--checkpoint=saved/x.pth"], "--checkpoint is the file --eval_only tests"),
     (["--eval_only"], "eval_only needs a checkpoint"),
 ])
 def test_benchmark_and_checkpoint_errors_are_one_line(tmp_path, args, needle):

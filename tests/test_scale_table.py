@@ -1,4 +1,4 @@
-"""Scaling out (issue 10): approximate localization, float16 storage and the memory-mapped table.
+"""Scaling out: approximate localization, float16 storage and the memory-mapped table.
 
 The ANN gate runs at d = 64 (an HNSW/IVF build at 200k x 384 takes minutes on one core);
 benchmarks/scale_localization.py measures the real d = 384 at 200k and 1M items.

@@ -38,7 +38,10 @@ variant's own keys and the run's setting laid over them); for the stock base the
 of ``properties/model/LLM4SBR.yaml``) and the stage-1 keys (``intent_*``, ``vllm_*``, ``openai_*``)
 are left out, so base cells are shared by runs that differ only in those.
 
-Cell JSON, ``format`` ``CELL_FORMAT`` = 2 (other formats are ignored: those cells run again). Every
+Cell JSON, ``format`` ``CELL_FORMAT`` = 2 (other formats are ignored: those cells run again), written by
+``cell_json`` (a list of plain values on one line; ``json.load`` reads it as it reads files written one
+number per line, so both forms are read alike) with paths under the working directory made relative
+(``portable_path``: a results folder names no machine's absolute paths). Every
 run's file has: ``format, id, dataset, base, variant, seed, model, settings`` (what the digest is made
 of), ``config_dict``, ``command, commit, finished``, ``protocol`` ("fair"|"paper"), ``setting``
 (``{"learning_rate": ..., "lr_step_size": ...}``: what it trained with), ``setting_from`` (None, or
@@ -330,13 +333,29 @@ def read_intent_meta(path) -> dict:
         return {}
 
 
+def portable_path(path) -> str:
+    """``path`` relative to the working directory when it lies under it (a committed results folder
+    names no machine's absolute paths); otherwise as given."""
+    text = str(path)
+    if os.path.isabs(text):
+        try:
+            rel = os.path.relpath(text)
+        except ValueError:  # another drive
+            return text
+        if not rel.startswith(os.pardir):
+            return rel
+    return text
+
+
 def intent_info(path, meta: dict) -> Optional[dict]:
     """What the report says about an intent table: backend, model, encoder, r, stage-1 summary."""
     if not path:
         return None
-    info = meta.get("backend_info") or {}
+    info = dict(meta.get("backend_info") or {})
+    if info.get("model_path"):
+        info["model_path"] = portable_path(info["model_path"])
     return {
-        "path": str(path),
+        "path": portable_path(path),
         "tag": Path(path).name,
         "backend": meta.get("backend", "unknown"),
         "model": info.get("model"),
@@ -409,7 +428,7 @@ def train_cell(model: str, dataset: str, config_files: Optional[List[str]], conf
         "params": int(params),
         "device": str(config["device"]),
         "torch_threads": torch.get_num_threads(),
-        "model_file": result.get("model_file"),
+        "model_file": portable_path(result["model_file"]) if result.get("model_file") else None,
         "intent": intent_info(path, meta),
         "load_avg": [load_start, _loadavg()],  # 1-min load average at start and end: other processes skew timings
         **mem,
@@ -424,11 +443,29 @@ def train_cell(model: str, dataset: str, config_files: Optional[List[str]], conf
 # ---- the plan ------------------------------------------------------------------------------------------
 
 
+def cell_json(obj, indent: int = 1, level: int = 0) -> str:
+    """``obj`` as JSON, one key per line as ``json.dump(indent=1)`` writes it, except that a list of
+    plain values (``per_sample``'s 643-long outcome lists, ``epoch_times``) stays on one line, with
+    0.0 written as 0: a cell file is ~150 lines instead of ~6,000 and half the bytes. ``json.load``
+    reads it as it read the old form, to equal values (readers take both forms)."""
+    if isinstance(obj, dict) and obj:
+        inner, pad = " " * indent * (level + 1), " " * indent * level
+        items = [f"{inner}{json.dumps(str(k))}: {cell_json(v, indent, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in obj):
+        inner, pad = " " * indent * (level + 1), " " * indent * level
+        return "[\n" + ",\n".join(inner + cell_json(v, indent, level + 1) for v in obj) + "\n" + pad + "]"
+    if isinstance(obj, (list, tuple)):  # 0.0 as 0: most per-sample outcomes are misses (the same number)
+        obj = [int(v) if isinstance(v, float) and v == 0 else v for v in obj]
+        return json.dumps(obj, default=str, separators=(",", ":"))
+    return json.dumps(obj, default=str)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=False, default=str)
+        f.write(cell_json(data) + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

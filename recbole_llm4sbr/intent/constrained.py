@@ -1,7 +1,7 @@
 """``intent_decoding: titles``: answers decoded under a token-trie constraint over the catalogue's titles.
 
-Issue 11 item 4: SmolLM2-135M's free answers are mostly echoes, "not specified" or half titles
-(../shared/FINDINGS.md). With ``titles`` the LLM may only emit titles that exist in the catalogue
+SmolLM2-135M's free answers are mostly echoes, "not specified" or half titles (``python -m
+recbole_llm4sbr.intent show``). With ``titles`` the LLM may only emit titles that exist in the catalogue
 (``<ds>.itemtext``, the text before `` -- ``, e.g. ``Toy Story (1995)``), joined by ``"; "``: at every
 step only tokens that continue some title are allowed; after a complete title also the separator or
 a stop token (EOS); after ``intent_decoding_titles`` titles only a stop token. So every answer is a

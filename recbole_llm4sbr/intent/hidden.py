@@ -1,6 +1,6 @@
 """``intent_representation: hidden``: the LLM's own last-layer state as the intent, no generated text.
 
-Issue 11 item 4: SmolLM2-135M's generated answers are mostly echoes and noise (../shared/FINDINGS.md),
+SmolLM2-135M's generated answers are mostly echoes and noise (``python -m recbole_llm4sbr.intent show``),
 so the text path (answer -> MiniLM -> top-r items) may discard what the model did read. Here each
 view's prompt (exactly the one the text path sends, chat template included) is run through the LLM
 once, prefill only, and its vector is the MEAN of the last layer's states (after the final norm)

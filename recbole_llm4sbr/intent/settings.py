@@ -190,7 +190,7 @@ def answer_max_chars(settings: Mapping[str, Any]) -> int:
 
 
 #: ``intent_prompt_max_items: auto`` with ``intent_samples`` typical (a small LLM on a CPU): prompt
-#: cost grows with its length, and 10 items keep a prompt near 200 tokens (README, "Typical samples")
+#: cost grows with its length, and 10 items keep a prompt near 200 tokens (docs/STAGE1.md, "Typical samples")
 TYPICAL_PROMPT_MAX_ITEMS = 10
 
 

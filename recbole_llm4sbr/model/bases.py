@@ -5,8 +5,8 @@ base names its view adapter (``views.py``; ``GenericViews`` unless it has a natu
 per-base mixins (placed before ``LLM4SBRMixin`` in the MRO) and whether its layers are sized by
 ``MAX_ITEM_LIST_LENGTH``; a refused base carries the reason the user is told. Adding a base is one
 entry in ``BASES`` (tests/test_bases.py parametrises over ``SUPPORTED`` and ``UNSUPPORTED`` and checks
-that ``BASES`` covers that package exactly) plus its row in README's table (supported) or
-docs/BASES.md (refused).
+that ``BASES`` covers that package exactly) plus its row in docs/BASES.md (supported or
+refused) and, if supported, its name in README's base list.
 
 The wrapped name ``LLM4SBR_<Base>`` is spelt here only: ``wrapped_name``/``base_of``.
 

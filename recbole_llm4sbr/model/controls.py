@@ -1,4 +1,4 @@
-"""Attribution controls (issue 11): how much of LLM4SBR's gain is the sessions' own intents.
+"""Attribution controls: how much of LLM4SBR's gain is the sessions' own intents.
 
 Config keys (``properties/model/LLM4SBR.yaml``), read by the model when it builds its intent buffer
 (the table on disk is never edited, and RecBole's dataset keeps its own rows):

@@ -13,7 +13,7 @@ Some bases get a small per-base mixin placed before ``LLM4SBRMixin`` in the MRO:
 (masked-item training; see ``BERT4RecMixin``), FEARec (its contrastive loss encodes other samples'
 prefixes; see ``FEARecMixin``), and SR-GNN/GCSAN for speed only (their session graphs built batched,
 the same graphs: ``SRGNNGraphMixin``, ``GCSANGraphMixin``). Which base uses which adapter and mixins is declared
-in ``bases.py``; README's "Base models" table lists the pair chosen for each base (``GLOBAL``/``LOCAL``
+in ``bases.py``; docs/BASES.md's table of supported bases lists the pair chosen for each base (``GLOBAL``/``LOCAL``
 below are the same words).
 """
 from __future__ import annotations

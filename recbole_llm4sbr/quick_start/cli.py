@@ -59,15 +59,12 @@ def _main(argv: List[str]) -> int:
     overrides = split_overrides(rest)
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     check_config_files(files)  # a syntax error: file, line and column, before any data or checkpoint is read
-    from recbole_llm4sbr.quick_start.quick_start import DEFAULT_DATASET, read_checkpoint, run_recbole_llm4sbr
+    from recbole_llm4sbr.quick_start.quick_start import DEFAULT_DATASET, run_recbole_llm4sbr
 
     model, dataset = args.model, args.dataset
-    source = args.checkpoint or args.resume
-    if source and dataset is None and "dataset" not in overrides:
-        dataset = str(read_checkpoint(source)["config"]["dataset"])
-    if not source and model is None:
-        model = "LLM4SBR_SRGNN"
-    run_recbole_llm4sbr(model=model, dataset=dataset or DEFAULT_DATASET, config_file_list=files,
+    if not (args.checkpoint or args.resume):  # with a checkpoint, both default to the checkpoint's
+        model, dataset = model or "LLM4SBR_SRGNN", dataset or DEFAULT_DATASET
+    run_recbole_llm4sbr(model=model, dataset=dataset, config_file_list=files,
                         config_dict=overrides or None, read_cmd_line=False, eval_only=args.eval_only,
                         checkpoint=args.checkpoint, resume=args.resume)
     return 0

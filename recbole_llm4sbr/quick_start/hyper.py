@@ -3,7 +3,7 @@
 imported here: its ray breaks on this stack).
 
     python -m recbole_llm4sbr.quick_start.hyper --model=LLM4SBR_SRGNN --params_file=hyper.test \\
-        [--dataset=ml-100k-session] [--config_files=a.yaml] [--algo=exhaustive|random|bayes] \\
+        [--dataset=ml-100k-session (default)] [--config_files=a.yaml] [--algo=exhaustive|random|bayes] \\
         [--max_evals=100] [--early_stop=10] [--output_file=hyper_LLM4SBR_SRGNN.result] [--key=value ...]
 
 ``--params_file``: RecBole's format, one line per parameter, e.g. ``learning_rate choice [0.001,0.0003]``
@@ -102,7 +102,8 @@ def parse(argv: Sequence[str]):
     parser = argparse.ArgumentParser(prog="python -m recbole_llm4sbr.quick_start.hyper", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", default="LLM4SBR_SRGNN")
-    parser.add_argument("--dataset", "-d", default=None)
+    parser.add_argument("--dataset", "-d", default=None,
+                        help="session dataset (default ml-100k-session, or the one --config_files or --dataset=... name)")
     parser.add_argument("--params_file", required=True, help="RecBole's search-space file")
     parser.add_argument("--config_files", default=None, help="space or comma separated yaml files")
     parser.add_argument("--algo", default="exhaustive", choices=["exhaustive", "random", "bayes"])
@@ -112,6 +113,20 @@ def parse(argv: Sequence[str]):
     parser.add_argument("--display_file", default=None, help="an HTML plot of the trials (needs plotly)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_known_args(list(argv))
+
+
+def _files_name_dataset(files: Optional[List[str]]) -> bool:
+    """Whether one of the yaml ``files`` sets ``dataset`` (then it is the search's dataset)."""
+    import yaml
+
+    for name in files or []:
+        try:
+            with open(name, encoding="utf-8") as f:
+                if "dataset" in (yaml.safe_load(f) or {}):
+                    return True
+        except (OSError, yaml.YAMLError, TypeError):
+            continue  # run_recbole_llm4sbr reports a missing or bad file with its fix
+    return False
 
 
 def _main(argv: List[str]) -> int:
@@ -125,7 +140,12 @@ def _main(argv: List[str]) -> int:
     if not os.path.isfile(args.params_file):
         raise ConfigError(f"--params_file={args.params_file} not found. Fix: a file of lines like "
                           "'learning_rate choice [0.001,0.0003]'")
-    tuner = run_hyper(args.model, args.params_file, args.dataset, files, fixed, args.algo, args.max_evals,
+    dataset = args.dataset
+    if dataset is None and "dataset" not in fixed and not _files_name_dataset(files):
+        from recbole_llm4sbr.quick_start.quick_start import DEFAULT_DATASET
+
+        dataset = DEFAULT_DATASET  # as the main command
+    tuner = run_hyper(args.model, args.params_file, dataset, files, fixed, args.algo, args.max_evals,
                       args.early_stop, args.output_file, args.display_file)
     best = tuner.params2result[tuner.params2str(tuner.best_params)]
     print("best params:", tuner.best_params)

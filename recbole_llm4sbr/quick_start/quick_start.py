@@ -316,8 +316,8 @@ def run_recbole_llm4sbr(model=None, dataset=None, config_file_list=None, config_
     ``eval_only=True, checkpoint=path``: no training; the checkpoint's weights are tested (and
     validated: ``best_valid_result`` is its validation result). ``resume=path``: RecBole's
     ``resume_checkpoint`` (weights, optimizer, epoch, early-stopping state), then training continues
-    up to ``epochs`` and overwrites that file with each new best epoch. ``model`` defaults to the
-    checkpoint's model.
+    up to ``epochs`` and overwrites that file with each new best epoch. ``model`` and ``dataset``
+    default to the checkpoint's (as on the command line).
 
     ``nproc > 1``: trained on that many processes (``_run_ranks``); the result also has ``ranks``
     (each rank's report: the checkpoint it loaded, sha1s of its trained and reloaded weights),
@@ -336,7 +336,9 @@ def run_recbole_llm4sbr(model=None, dataset=None, config_file_list=None, config_
         trained_as = checkpoint_model(source)
         if model is None:
             model = trained_as
-        elif str(model) != trained_as:
+        if dataset is None and "dataset" not in (config_dict or {}):
+            dataset = str(read_checkpoint(source)["config"]["dataset"])
+        if str(model) != trained_as:
             raise ConfigError(f"checkpoint {source} holds a {trained_as} model, not {model}. "
                               f"Fix: --model={trained_as} (or leave --model out)")
     config = make_config(model, dataset, config_file_list, config_dict, read_cmd_line)
