@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
@@ -268,16 +269,27 @@ def first_nonfinite_row(path: Path) -> Optional[int]:
     return None
 
 
+#: the lock files this thread holds (``table_lock`` is re-entrant; another thread waits like another process)
+_HELD = threading.local()
+
+
 @contextlib.contextmanager
 def table_lock(folder: Path | str, logger: Optional[logging.Logger] = None) -> Iterator[bool]:
     """Hold the build lock of ``folder`` (``fcntl.flock`` on ``.<name>.lock`` beside it; the kernel
     releases it when the holder dies). Waits for another builder, saying so, and yields whether it
-    waited. The lock file is never removed (removing it would let two builders hold two locks)."""
+    waited. The lock file is never removed (removing it would let two builders hold two locks).
+    Re-entrant within a process (``ensure_intent_table`` holds it around ``build_intent_table``)."""
     import fcntl
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = folder.parent / f".{folder.name}.lock"
+    key = str(path.resolve())
+    held = _HELD.__dict__.setdefault("paths", set())
+    if key in held:
+        yield False
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         waited = False
         try:
@@ -287,7 +299,11 @@ def table_lock(folder: Path | str, logger: Optional[logging.Logger] = None) -> I
             (logger or logging.getLogger("recbole_llm4sbr.intent")).info(
                 f"another stage-1 build of {folder} is running: waiting for it to finish")
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield waited
+        held.add(key)
+        try:
+            yield waited
+        finally:
+            held.discard(key)
     finally:
         os.close(fd)  # releases the lock
 
