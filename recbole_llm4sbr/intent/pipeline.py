@@ -35,7 +35,7 @@ from .prompts import template_version
 from .rows import Answer, Grounding, PrefixPrompts, unique_texts
 from .settings import dataset_dir, normalize_settings, prompt_max_items, sampling
 from .table import (FILES, FORMAT_VERSION, REQUIRED, lookup_rows, read_meta, remove_debris, storage_dtype,
-                    table_lock, verify_table, write_intent_table)
+                    table_lock, tidy, verify_table, write_intent_table)
 from .typical import TypicalPlan, plan_typical
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -482,6 +482,7 @@ def ensure_intent_table(settings: Any, logger: Optional[logging.Logger] = None) 
     folder, backend, reason = locate_table(settings, log)
     if reason is None:
         log.info(f"intent table up to date: {folder}")
+        tidy(folder, log)  # what killed builds left, unless a build is running
         return folder
     with table_lock(folder, log) as waited:
         remove_debris(folder, log)  # may put back a table a killed swap had moved aside

@@ -308,6 +308,26 @@ def table_lock(folder: Path | str, logger: Optional[logging.Logger] = None) -> I
         os.close(fd)  # releases the lock
 
 
+def tidy(folder: Path | str, logger: Optional[logging.Logger] = None) -> None:
+    """``remove_debris`` when no builder holds the table's lock (tried without waiting), else nothing:
+    what a run that finds the table up to date does."""
+    import fcntl
+
+    folder = Path(folder)
+    if not folder.parent.is_dir() or not any(
+            p.name.startswith((f".{folder.name}.tmp-", f".{folder.name}.old-")) for p in folder.parent.iterdir()):
+        return
+    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live builder owns them
+        remove_debris(folder, logger)
+    finally:
+        os.close(fd)
+
+
 def remove_debris(folder: Path | str, logger: Optional[logging.Logger] = None) -> int:
     """Remove the ``.<name>.tmp-*`` / ``.<name>.old-*`` folders killed builders left beside ``folder``
     (call it holding ``table_lock``: no live builder then owns one). A table moved aside by a builder
