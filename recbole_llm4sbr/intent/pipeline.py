@@ -421,11 +421,11 @@ def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Opt
                 raise FileNotFoundError(2, "missing", str(folder / name))
     except FileNotFoundError as e:
         return f"stale: {Path(e.filename).name if e.filename else 'a file'} is missing"
-    verify_table(folder, meta)  # a file unlike its checksum: TableDamagedError, the file and the fix
     need = unique_prefixes(read_samples(settings))
     lacking = [k for k, row in zip(need, lookup_rows(folder, need)) if row < 0]  # keys.txt streamed
     if lacking:
         return f"stale: {len(lacking)} of the dataset's {len(need)} prefixes are not in it"
+    verify_table(folder, meta)  # up to date but for a file unlike its checksum: TableDamagedError, file and fix
     return None
 
 
