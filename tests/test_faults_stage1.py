@@ -140,7 +140,7 @@ def test_a_deleted_file_is_rebuilt_not_up_to_date(built, capsys, caplog):
     assert read_meta(folder)["files"] == files
 
 
-def test_nan_in_a_table_without_checksums_is_named(built):
+def test_a_table_without_checksums_names_nan_and_truncation(built):
     root, folder, _ = built
     meta = read_meta(folder)
     del meta["files"]  # as written before the checksums existed
@@ -148,6 +148,10 @@ def test_nan_in_a_table_without_checksums_is_named(built):
     _nan(folder, root)
     with pytest.raises(TableDamagedError, match=r"vectors.npy holds NaN or inf \(row 3\).*--force"):
         load_intent_table(folder)
+    with open(folder / "raw.npy", "r+b") as f:  # truncated: named, not numpy's "mmap length ..."
+        f.truncate(1000)
+    with pytest.raises(TableDamagedError, match=r"raw.npy cannot be read .*--force"):
+        load_intent_table(folder, mmap=True, verify=False)  # past the NaN scan of vectors.npy
     with pytest.raises(ValueError, match="row 1 holds NaN"):  # and a build never writes one
         table_mod.save_rows(root / "x.npy", np.array([[0.0], [np.inf]], dtype=np.float32))
 

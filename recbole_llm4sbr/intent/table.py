@@ -583,8 +583,7 @@ def load_intent_table(path: Path | str, mmap: bool = False, verify: Optional[boo
     verify_table(path, meta, full=verify)
     keys = None if mmap else read_keys(path)
     mode = "r" if mmap else None
-    vectors = np.load(path / VECTORS, mmap_mode=mode)
-    raw = np.load(path / RAW, mmap_mode=mode)
+    vectors, raw = (_load_array(path, name, meta, mode) for name in (VECTORS, RAW))
     if mmap:
         _advise_random(vectors, raw)
     else:
@@ -601,6 +600,16 @@ def load_intent_table(path: Path | str, mmap: bool = False, verify: Optional[boo
             f"d_text {vectors.shape[2]}): rebuild it"
         )
     return IntentTable(path, meta, keys, vectors, raw, item_tokens, item_vectors)
+
+
+def _load_array(folder: Path, name: str, meta: Mapping[str, Any], mode: Optional[str]) -> np.ndarray:
+    """``np.load`` of one intent array; a file that is not a whole ``.npy`` (a table without checksums,
+    truncated) is a ``TableDamagedError`` naming it, not numpy's "mmap length is greater than file size"."""
+    try:
+        return np.load(folder / name, mmap_mode=mode)
+    except (ValueError, EOFError, OSError) as e:
+        raise TableDamagedError(f"intent table {folder}: {name} cannot be read ({' '.join(str(e).split())}). "
+                                f"{rebuild_hint(folder, meta)}") from None
 
 
 def _advise_random(*arrays: np.ndarray) -> None:
