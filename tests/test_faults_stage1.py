@@ -436,3 +436,40 @@ def test_debris_of_killed_builds_is_removed_unless_a_builder_is_alive(built, cap
     ensure_intent_table(base_settings(root))  # up to date, and nobody builds: removed
     assert debris(folder) == [] and read_meta(folder)["files"] == files
     assert "removed 2 folder(s) left by killed builds" in caplog.text
+
+
+# ---- what training sees ------------------------------------------------------------------------------------
+
+
+def test_training_stops_on_a_damaged_table_or_cache_with_one_line(tmp_path):
+    """``run_recbole_llm4sbr.py`` (stage 2 loads the table through ``ensure_intent_table``): the same
+    one-line errors, exit code 2, before any training."""
+    from tinydata import write_tiny_dataset
+
+    from recbole_llm4sbr.intent import load_settings
+
+    root = tmp_path / "data"
+    write_tiny_dataset(root, n_sessions=30)
+    folder = ensure_intent_table(load_settings(dataset="tiny", overrides={
+        "data_path": str(root), "intent_backend": "text", "show_progress": False}))
+    with open(folder / "vectors.npy", "r+b") as f:  # one byte, same size
+        f.seek(-5, 2)
+        f.write(b"\x7f")
+
+    def train():
+        return subprocess.run([sys.executable, str(REPO / "run_recbole_llm4sbr.py"), "--model=LLM4SBR_SRGNN",
+                               "--dataset=tiny", f"--data_path={root}", "--epochs=1", "--show_progress=False",
+                               "--embedding_size=8", "--intent_backend=text"], cwd=tmp_path, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=300)
+
+    res = train()
+    line = one_error(res.stderr)
+    assert res.returncode == 2 and f"{folder}: vectors.npy differs from the sha256" in line and "--force" in line
+
+    shutil.rmtree(folder)  # a build is needed now, and the cache is damaged
+    cache = root / "tiny" / "intent" / CACHE_FILE
+    with open(cache, "r+b") as f:
+        f.write(b"\xff" * 100)
+    res = train()
+    line = one_error(res.stderr)
+    assert res.returncode == 2 and f"answer cache {cache} is damaged" in line and "recover-cache" in line
