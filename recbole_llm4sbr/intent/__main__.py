@@ -2,6 +2,8 @@
 
     python -m recbole_llm4sbr.intent --dataset=<ds> [--config_files=a.yaml,b.yaml] [--key=value ...] [--force] [--debug]
     python -m recbole_llm4sbr.intent show --dataset=<ds> --session=<session_id> [--key=value ...] [--debug]
+    python -m recbole_llm4sbr.intent verify --dataset=<ds> [--key=value ...]
+    python -m recbole_llm4sbr.intent recover-cache --dataset=<ds> [--data_path=DIR]
 
     python -m recbole_llm4sbr.intent plan     <settings> [--work_dir=DIR] [--rows_per_shard=4096]
     python -m recbole_llm4sbr.intent generate <settings> [--executor=local|ray|ray-llm] [--workers=N]
@@ -10,7 +12,10 @@
     python -m recbole_llm4sbr.intent table    <settings> [--force]
 
 The first builds (or refreshes) the intent table for all splits and prints its path and summary; the
-second prints what stage 1 made of one session. plan -> generate -> merge -> table is the same build
+second prints what stage 1 made of one session; verify checks every file of the table against the
+sha256 its meta.json records (and the arrays for NaN/inf); recover-cache copies every readable answer
+of a damaged answers.sqlite into a fresh one (the damaged file is kept as answers.sqlite.corrupt-<time>;
+run it while no build is running). plan -> generate -> merge -> table is the same build
 across many workers (intent/shards.py, intent/executors.py): plan writes the prompts the answer cache
 lacks as Parquet shards, generate answers them in blocks (one process, one --shard=i/N of N
 processes, or a Ray actor pool), merge folds the blocks into answers.sqlite, table is the first
@@ -46,9 +51,9 @@ def _run(argv: List[str]) -> int:
         command, argv = argv[0], argv[1:]
     if command == "table":
         command = "build"
-    if command not in ("build", "show", *RUN_OPTIONS):
-        raise IntentError(f"unknown command {command!r}: use show, plan, generate, merge or table (no command "
-                          f"builds the table)\n{USAGE}")
+    if command not in ("build", "show", "verify", "recover-cache", *RUN_OPTIONS):
+        raise IntentError(f"unknown command {command!r}: use show, verify, recover-cache, plan, generate, merge or "
+                          f"table (no command builds the table)\n{USAGE}")
     overrides, flags = parse_cli(argv, flags=("force",) if command == "build" else ())
     session = overrides.pop("session", None)
     options = {k: overrides.pop(k) for k in RUN_OPTIONS.get(command, ()) if k in overrides}
@@ -65,6 +70,10 @@ def _run(argv: List[str]) -> int:
 
     if command in RUN_OPTIONS:
         return _run_stage(command, settings, options)
+    if command == "verify":
+        return _verify(settings)
+    if command == "recover-cache":
+        return _recover_cache(settings)
 
     from .pipeline import build_intent_table, ensure_intent_table
     from .table import read_meta
@@ -75,6 +84,37 @@ def _run(argv: List[str]) -> int:
     for k, v in summary.items():
         print(f"{k:<{width}}  {v:.2f} s" if k.startswith("time ") else f"{k:<{width}}  {v}")
     print(f"intent table: {folder}")
+    return 0
+
+
+def _verify(settings) -> int:
+    """The table these settings use, every file hashed whole: one line, exit 0, or the damaged file."""
+    from .pipeline import locate_table
+    from .table import verify_table
+
+    folder, _, reason = locate_table(settings)  # a size or checksum mismatch already raises here
+    if reason == "missing":
+        raise IntentError(f"no intent table at {folder}: build it with python -m recbole_llm4sbr.intent "
+                          f"--dataset={settings['dataset']}")
+    n = verify_table(folder, full=True)
+    print(f"intent table {folder}: {n} files match meta.json, no NaN/inf" + (f" ({reason})" if reason else ""))
+    return 0
+
+
+def _recover_cache(settings) -> int:
+    from .cache import CACHE_FILE, check_cache, recover_cache
+    from .settings import dataset_dir
+
+    path = dataset_dir(settings) / "intent" / CACHE_FILE
+    if not path.is_file():
+        raise IntentError(f"no answer cache at {path}: nothing to recover (check --dataset and --data_path)")
+    problem = check_cache(path)
+    if problem is None:
+        print(f"answer cache {path} is sound (SQLite quick_check ok): nothing to recover")
+        return 0
+    res = recover_cache(path)
+    print(f"recovered {res['recovered']} answers into a fresh {path} ({problem}); the damaged file is kept as "
+          f"{res['kept']}")
     return 0
 
 

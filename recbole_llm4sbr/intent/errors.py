@@ -1,5 +1,5 @@
-"""Stage 1's user error, in a module of its own so that every stage-1 module (settings, backends,
-prompts, typical, ...) can raise it without importing another one that imports it back."""
+"""Stage 1's user errors, in a module of their own so that every stage-1 module (settings, backends,
+prompts, typical, ...) can raise them without importing another one that imports it back."""
 from __future__ import annotations
 
 from ..errors import LLM4SBRError
@@ -13,4 +13,18 @@ class IntentError(LLM4SBRError):
     """
 
 
-__all__ = ["IntentError"]
+class TableDamagedError(IntentError):
+    """An intent table's file does not match the size or checksum its ``meta.json`` recorded (copied
+    from another build, reordered, truncated, deleted) or holds NaN/inf: the message names the file and
+    the fix (rebuild with ``--force``, which keeps the answer cache)."""
+
+
+class DiskFullError(IntentError):
+    """Not enough free space for a table or for the answer cache: names the folder and the bytes needed."""
+
+
+class CacheDamagedError(IntentError):
+    """``answers.sqlite`` is not a readable SQLite database: names the file and the recovery command."""
+
+
+__all__ = ["IntentError", "TableDamagedError", "DiskFullError", "CacheDamagedError"]

@@ -6,7 +6,10 @@ per (prefix, view)), ``ask`` (the backend through the answer cache), ``clean_ans
 ``ground_rows`` (encode + localize, one row per prefix), then ``build_summary`` and ``table_meta``
 for ``table.write_intent_table``. The per-prefix steps are ``rows.py``'s, shared with online stage 1.
 Freshness: ``stale_reason`` / ``locate_table`` say which table these settings use and whether it is
-up to date; ``ensure_intent_table`` (what stage 2 calls) builds it only when it is missing or stale.
+up to date (a table whose files do not match its ``meta.json`` checksums is a ``TableDamagedError``
+naming the file and the fix, never "up to date"); ``ensure_intent_table`` (what stage 2 calls) builds
+it only when it is missing or stale. A build holds the table's lock (``table.table_lock``): a second
+build of the same table waits for the first, then finds it up to date.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 from . import encoder as enc
 from .backends import get_backend, resolve_backend_name, resolve_samples
 from .cache import CACHE_FILE, AnswerCache
-from .errors import IntentError
+from .errors import IntentError, TableDamagedError
 from .generation import GenerationStats, answer_prompts
 from .constrained import check_backend as check_decoding
 from .hidden import HiddenEncoder, check_backend, representation
@@ -31,7 +34,8 @@ from .localization import Search
 from .prompts import template_version
 from .rows import Answer, Grounding, PrefixPrompts, unique_texts
 from .settings import dataset_dir, normalize_settings, prompt_max_items, sampling
-from .table import FORMAT_VERSION, ITEMS_NPY, ITEMS_TXT, KEYS, lookup_rows, read_meta, storage_dtype, write_intent_table
+from .table import (FILES, FORMAT_VERSION, REQUIRED, lookup_rows, read_meta, remove_debris, storage_dtype,
+                    table_lock, tidy, verify_table, write_intent_table)
 from .typical import TypicalPlan, plan_typical
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -266,11 +270,20 @@ def _summary_lines(summary: Mapping[str, Any]) -> str:
 
 
 def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, backend_name: Optional[str] = None) -> Path:
-    """Build (or rebuild) the intent table for ``settings["dataset"]`` and return its folder."""
+    """Build (or rebuild) the intent table for ``settings["dataset"]`` and return its folder; under
+    the table's lock (another build of it is waited for), after removing what killed builds left."""
     log = logger or _log
     settings = normalize_settings(settings)
-    progress = bool(settings.get("show_progress", True))
     backend_name = backend_name or resolve_backend_name(settings, log)
+    folder = table_folder(settings, backend_name)
+    with table_lock(folder, log):
+        remove_debris(folder, log)
+        return _build(settings, log, backend_name)
+
+
+def _build(settings: Mapping[str, Any], log: logging.Logger, backend_name: str) -> Path:
+    """``build_intent_table`` holding the lock (normalized settings, resolved backend)."""
+    progress = bool(settings.get("show_progress", True))
     samples_mode, _ = resolve_samples(settings, backend_name)
     check_backend(settings, backend_name)
     check_decoding(settings, backend_name)
@@ -403,8 +416,7 @@ def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Opt
     try:
         if meta.get("itemtext_sha1") != file_sha1(itemtext_path(settings)):
             return f"stale: {itemtext_path(settings).name} changed since it was built"
-        (folder / KEYS).stat()
-        for name in (ITEMS_TXT, ITEMS_NPY):
+        for name in dict.fromkeys([*REQUIRED, *(meta.get(FILES) or ())]):  # a missing file: rebuilt
             if not (folder / name).is_file():
                 raise FileNotFoundError(2, "missing", str(folder / name))
     except FileNotFoundError as e:
@@ -413,6 +425,7 @@ def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Opt
     lacking = [k for k, row in zip(need, lookup_rows(folder, need)) if row < 0]  # keys.txt streamed
     if lacking:
         return f"stale: {len(lacking)} of the dataset's {len(need)} prefixes are not in it"
+    verify_table(folder, meta)  # up to date but for a file unlike its checksum: TableDamagedError, file and fix
     return None
 
 
@@ -433,8 +446,11 @@ def built_elsewhere(settings: Mapping[str, Any], picked: str) -> Optional[Path]:
     for other in AUTO_REUSE:
         if other != picked:
             folder = table_folder(settings, other)
-            if stale_reason(settings, folder, other) is None:  # "missing" without a meta.json
-                return folder
+            try:
+                if stale_reason(settings, folder, other) is None:  # "missing" without a meta.json
+                    return folder
+            except TableDamagedError as e:
+                _log.warning(f"intent_backend auto: not using {folder}: {e}")
     return None
 
 
@@ -466,6 +482,13 @@ def ensure_intent_table(settings: Any, logger: Optional[logging.Logger] = None) 
     folder, backend, reason = locate_table(settings, log)
     if reason is None:
         log.info(f"intent table up to date: {folder}")
+        tidy(folder, log)  # what killed builds left, unless a build is running
         return folder
-    log.info(f"intent table {folder} {reason}: building it")
-    return build_intent_table(settings, log, backend_name=backend)
+    with table_lock(folder, log) as waited:
+        remove_debris(folder, log)  # may put back a table a killed swap had moved aside
+        reason = stale_reason(settings, folder, backend)  # another process may have built it meanwhile
+        if reason is None:
+            log.info(f"intent table up to date: {folder}" + (" (built by the build waited for)" if waited else ""))
+            return folder
+        log.info(f"intent table {folder} {reason}: building it")
+        return build_intent_table(settings, log, backend_name=backend)  # the lock is re-entrant
