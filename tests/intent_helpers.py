@@ -128,6 +128,24 @@ class SlowBackend(Backend):
         return out
 
 
+def use_hash_encoder() -> None:
+    """Stand the text encoder in with a hash of each text (unit rows, 16 dims), in this process: for
+    tests of what happens around the LLM, where loading the real encoder would be most of the time."""
+    import hashlib
+
+    import numpy as np
+
+    from recbole_llm4sbr.intent import encoder
+
+    def encode(model, texts, batch_size=256, progress=True, desc="encode"):
+        rows = [np.frombuffer(hashlib.sha256(t.encode("utf-8")).digest()[:16], dtype=np.uint8) for t in texts]
+        out = np.asarray(rows, dtype=np.float32).reshape(len(texts), 16) - 127.5
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+
+    encoder.load_encoder = lambda name, device=None: None
+    encoder.encode = encode
+
+
 def subprocess_env() -> Dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -21,14 +21,17 @@ from recbole_llm4sbr.intent.cache import CACHE_FILE, AnswerCache
 from recbole_llm4sbr.intent.generation import Progress, answer_prompts
 
 #: the stage-1 command line with the test backend registered first (a fresh interpreter cannot see
-#: a monkeypatched registry); SIGINT gets Python's own handler even where the test runner's shell
-#: started this process with SIGINT ignored
+#: a monkeypatched registry) and a hash for the text encoder (what is tested happens around the LLM);
+#: SIGINT gets Python's own handler even where the test runner's shell started this process with
+#: SIGINT ignored
 RUN_CLI = (
     "import runpy, signal, sys\n"
     "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     f"sys.path.insert(0, {str(HERE)!r})\n"
     "from recbole_llm4sbr.intent.backends import REGISTRY\n"
     "REGISTRY['slow'] = 'intent_helpers:SlowBackend'\n"
+    "import intent_helpers\n"
+    "intent_helpers.use_hash_encoder()\n"
     "sys.argv = ['recbole_llm4sbr.intent', *sys.argv[1:]]\n"
     "runpy.run_module('recbole_llm4sbr.intent', run_name='__main__', alter_sys=True)\n"
 )
