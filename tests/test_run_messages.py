@@ -138,7 +138,7 @@ def test_result_line():
     result = OrderedDict([("recall@10", np.float64(0.12)), ("recall@20", np.float64(0.1695)),
                           ("mrr@20", np.float64(0.0366)), ("ndcg@20", np.float64(0.0712)), ("hit@20", 1.0)])
     assert result_line("LLM4SBR_SRGNN", "ml-100k-session", result, [10, 20], best_epoch=5) == (
-        "LLM4SBR_SRGNN on ml-100k-session: Recall@20 .1695  MRR@20 .0366  NDCG@20 .0712  Hit@20 1.0000 "
-        "(best epoch 5)")
+        "LLM4SBR_SRGNN on ml-100k-session: Recall@20 .1695  MRR@20 .0366  NDCG@20 .0712 (best epoch 5)")
     assert result_line("SRGNN", "tiny", {"recall@10": 0.5}, [5, 10], checkpoint="saved/x.pth") == (
         "SRGNN on tiny: Recall@10 .5000 (eval only: saved/x.pth)")
+    assert result_line("SRGNN", "tiny", {"hit@10": 1.0}, 10) == "SRGNN on tiny: hit@10 1.0000"

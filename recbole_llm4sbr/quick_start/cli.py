@@ -103,9 +103,14 @@ def _main(argv: List[str]) -> int:
     return 0
 
 
+#: Ctrl-C: stage 1 keeps every answer it received (the answer cache commits each as it arrives)
+INTERRUPTED = ("interrupted: stage-1 answers received so far are cached, so a rerun continues from them; "
+               "training restarts (--resume=<saved checkpoint> continues it)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """One run (train + test, or ``--eval_only``); ``recbole_llm4sbr.cli`` sends ``--benchmark`` elsewhere."""
-    return run_command(_main, list(sys.argv[1:] if argv is None else argv))
+    return run_command(_main, list(sys.argv[1:] if argv is None else argv), interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -434,14 +434,14 @@ def result_line(model, dataset, test_result, topk=None, best_epoch=None, checkpo
     """The run's outcome on one line a person reads:
     ``LLM4SBR_SRGNN on ml-100k-session: Recall@20 .1695  MRR@20 .0366  NDCG@20 .0712 (best epoch 5)``.
 
-    K is 20 when ``topk`` has it, else its largest; the metrics are those of the test result among
-    Recall, MRR, NDCG, Hit and Precision. ``best_epoch`` is RecBole's 0-based epoch index (the one
+    K is 20 when ``topk`` has it, else its largest; the metrics are Recall, MRR and NDCG at K, those
+    the test measured (any other metric when it measured none of them). ``best_epoch`` is RecBole's 0-based epoch index (the one
     its log lines print: ``PluginTrainer.best_epoch``); ``checkpoint`` names the file an eval-only
     run tested instead."""
     ks = [int(k) for k in (topk if isinstance(topk, (list, tuple)) else [topk] if topk else [])]
     k = 20 if 20 in ks or not ks else max(ks)
     result = {str(name).lower(): v for name, v in (test_result or {}).items()}
-    names = (("recall", "Recall"), ("mrr", "MRR"), ("ndcg", "NDCG"), ("hit", "Hit"), ("precision", "Precision"))
+    names = (("recall", "Recall"), ("mrr", "MRR"), ("ndcg", "NDCG"))
     parts = [f"{label}@{k} {_short(result[f'{name}@{k}'])}" for name, label in names if f"{name}@{k}" in result]
     if not parts:  # no ranking metric at K: whatever the test measured
         parts = [f"{name} {_short(v)}" for name, v in result.items()]
