@@ -194,3 +194,27 @@ def test_transformers_reports_every_answer_as_it_finishes_and_answers_do_not_cha
     assert any("step 1/10" in s for s in steps) and any(s.startswith("batch 3/3") for s in steps)
     if sharing:
         assert any(s.startswith("prefill ") for s in steps)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_on_a_terminal_is_a_bar_that_moves_between_answers(monkeypatch):
+    monkeypatch.setattr(Progress, "REDRAW_S", 0.05)
+    screen = _Terminal()
+    shown = Progress(4, "LLM (slow)", True, logging.getLogger("test_stage1_progress"), stream=screen)
+    assert shown.bar is not None
+    shown.step("prefill 10/99 tokens")
+    time.sleep(0.3)
+    drawn = screen.getvalue()
+    assert "0/4" in drawn and "prefill 10/99 tokens" in drawn  # redrawn with the backend's note, no answer yet
+    shown.step("batch 1/1, step 7/32")
+    shown.advance(1)
+    time.sleep(0.3)
+    shown.close()
+    assert "1/4" in screen.getvalue() and "step 7/32" in screen.getvalue()
+    quiet = Progress(4, "LLM (slow)", False, logging.getLogger("test_stage1_progress"), stream=_Terminal())
+    assert quiet.bar is None  # show_progress: False draws no bar
+    quiet.close()
