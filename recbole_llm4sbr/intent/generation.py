@@ -44,7 +44,8 @@ def _call(backend: Backend, chunk: List[str]) -> List[str]:
 
 
 def chunk_size(backend: Backend, batch_size: int) -> int:
-    """Prompts per ``backend.generate`` call (and per cache commit): ``batch_size``, or more when the
+    """Prompts per ``backend.generate`` call (a cache commit holds at most these; fewer when the
+    backend reports answers as they finish): ``batch_size``, or more when the
     backend declares ``prompts_per_call`` (an engine that schedules its own batches, as vLLM does,
     needs many prompts per call to fill them; chunks of ``intent_batch_size`` would starve it)."""
     n = max(1, int(batch_size or 1))

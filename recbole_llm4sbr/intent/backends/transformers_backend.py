@@ -20,6 +20,12 @@ store, and every prompt then decodes from its own path's cache (``generate`` wit
 float rounding (a greedy near-tie may flip, as it may between batch sizes). Models whose cache is not
 a plain ``DynamicCache`` (sliding windows, hybrid layers) take the plain path.
 
+While a call runs, each prompt's answer is handed to the pipeline as soon as its decoding ends
+(``Backend.report_answers``: at its stop token in the greedy loop, at its batch's end otherwise), and
+every prefill block and decode step is reported (``report_step``): the answer cache commits answers
+as they come, so Ctrl-C keeps them, and the progress line moves between answers. The batches decoded
+together are the same with or without these reports, so the answers are too.
+
 Settings read: ``intent_model``, ``intent_max_tokens``, ``intent_temperature``, ``intent_top_p``,
 ``intent_seed``, ``intent_batch_size`` (prompts decoded together), ``intent_device``
 (auto|cpu|cuda|cuda:N), and optionally
