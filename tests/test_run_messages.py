@@ -57,11 +57,16 @@ def test_help_and_config_errors_answer_without_torch_or_recbole():
             "                                              if m in sys.modules)))\n"
             "from recbole_llm4sbr.cli import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
-    for args, rc in ((["--help"], 0), (["--epochs=abc"], 2), (["--model=SRGNN", "--intent_topr=-1"], 2)):
+    for args, rc in ((["--help"], 0), (["--epochs=abc"], 2), (["--model=SRGNN", "--intent_topr=-1"], 2),
+                     (["--benchmark", "--help"], 0)):
         out = subprocess.run([sys.executable, "-c", code, *args], cwd=str(ROOT), capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == rc, out.stderr
         assert "heavy: []" in out.stdout, (args, out.stdout)
+    serve = code.replace("from recbole_llm4sbr.cli import main", "from recbole_llm4sbr.serve import main")
+    out = subprocess.run([sys.executable, "-c", serve, "--help"], cwd=str(ROOT), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "--checkpoint" in out.stdout and "heavy: []" in out.stdout, out.stdout
     bad = subprocess.run([sys.executable, "-c", code, "--epochs=abc"], cwd=str(ROOT), capture_output=True,
                          text=True, timeout=120)
     assert "config key 'epochs' = 'abc'" in bad.stderr and "Fix: --epochs=" in bad.stderr
