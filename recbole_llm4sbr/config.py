@@ -16,6 +16,7 @@ from recbole.config import Config as RecBoleConfig
 
 from recbole_llm4sbr.errors import check_config_files
 from recbole_llm4sbr.intent.backends import check_backend_name
+from recbole_llm4sbr.known_keys import warn_unknown
 from recbole_llm4sbr.paths import default_data_path, properties_dir
 from recbole_llm4sbr.utils import get_model
 from recbole_llm4sbr.validation import validate
@@ -28,7 +29,9 @@ class Config(RecBoleConfig):
 
     ``read_cmd_line=False`` ignores ``sys.argv`` (library use, tests, the benchmark runner). The
     plugin's keys (and RecBole's most used ones) are type- and range-checked once the layers are
-    merged (``recbole_llm4sbr.validation``): a bad value is a ``ConfigError`` naming key and fix.
+    merged (``recbole_llm4sbr.validation``): a bad value is a ``ConfigError`` naming key and fix;
+    a key the user set that nothing reads is one warning line naming the closest known key
+    (``recbole_llm4sbr.known_keys``).
     """
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
@@ -39,6 +42,7 @@ class Config(RecBoleConfig):
                          config_dict=config_dict)
         validate(self)
         check_backend_name(self)
+        warn_unknown(self.external_config_dict)  # --epoch=2: RecBole would ignore it silently
 
     def _load_cmd_line(self):
         if not self._read_cmd_line:

@@ -46,7 +46,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import recbole_llm4sbr  # noqa: F401  (compat shims before RecBole loads)
 from recbole_llm4sbr.errors import LLM4SBRError, run_command
-from recbole_llm4sbr.model.bases import is_wrapped
 
 
 class ServeError(LLM4SBRError):
@@ -169,6 +168,8 @@ class ServedModel:
         config = state["config"]
         self.path = path
         self.model_name = str(config["model"])
+        from recbole_llm4sbr.model.bases import is_wrapped  # RecBole and torch: not for --help
+
         llm4sbr = is_wrapped(self.model_name)
         from recbole_llm4sbr.model.wrapper import as_flag
 

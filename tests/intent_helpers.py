@@ -2,8 +2,10 @@
 hence no ``test_`` prefix; pytest puts ``tests/`` on the path, so test files import it by name)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -99,6 +101,49 @@ class FailingBackend(Backend):
     def generate(self, prompts: Sequence[str]) -> List[str]:
         type(self).calls += 1
         raise RuntimeError("model fell over")
+
+
+class SlowBackend(Backend):
+    """Sleeps ``SLOW_BACKEND_S`` seconds (env, default 0.3) per prompt and hands each answer over as
+    it finishes (``report_answers``, as the transformers backend does per decoded prompt); appends
+    every prompt it finishes to the file named by ``SLOW_BACKEND_LOG`` (one JSON string a line)."""
+
+    name = "slow"
+
+    def describe(self) -> Dict[str, Any]:
+        return {"backend": "slow"}
+
+    def generate(self, prompts: Sequence[str]) -> List[str]:
+        delay = float(os.environ.get("SLOW_BACKEND_S", "0.3"))
+        log = os.environ.get("SLOW_BACKEND_LOG")
+        out = []
+        for i, p in enumerate(prompts):
+            self.report_step(f"prompt {i + 1}/{len(prompts)}")
+            time.sleep(delay)
+            out.append(f"Answer: {p.splitlines()[-1][:40]}")
+            if log:
+                with open(log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(p) + "\n")
+            self.report_answers([i], [out[-1]])
+        return out
+
+
+def use_hash_encoder() -> None:
+    """Stand the text encoder in with a hash of each text (unit rows, 16 dims), in this process: for
+    tests of what happens around the LLM, where loading the real encoder would be most of the time."""
+    import hashlib
+
+    import numpy as np
+
+    from recbole_llm4sbr.intent import encoder
+
+    def encode(model, texts, batch_size=256, progress=True, desc="encode"):
+        rows = [np.frombuffer(hashlib.sha256(t.encode("utf-8")).digest()[:16], dtype=np.uint8) for t in texts]
+        out = np.asarray(rows, dtype=np.float32).reshape(len(texts), 16) - 127.5
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+
+    encoder.load_encoder = lambda name, device=None: None
+    encoder.encode = encode
 
 
 def subprocess_env() -> Dict[str, str]:

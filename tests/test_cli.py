@@ -1,5 +1,6 @@
 """The CLI as a user runs it: end to end on a tiny dataset (real stage 1, text backend), and errors."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,10 @@ def test_llm4sbr_and_stock_model_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert "test result" in log and "recall@20" in log and "mrr@10" in log and "ndcg@20" in log
+    assert "OrderedDict" not in log and "np.float64" not in log  # RecBole's "recall@20 : 0.1695" form
+    last = log.strip().splitlines()[-1]  # the run's outcome, after RecBole's own lines
+    assert re.search(r"LLM4SBR_SRGNN on tiny: Recall@20 \d?\.\d{4}  MRR@20 \d?\.\d{4}  NDCG@20 \d?\.\d{4} "
+                     r"\(best epoch [01]\)$", last), last
     assert "Intent table" in log  # stage 1 ran (text backend) and its table was attached
     tables = list((tmp_path / "data" / "tiny" / "intent").glob("text-*/vectors.npy"))
     assert len(tables) == 1

@@ -4,9 +4,17 @@
 as its own JSON; ``aggregate``: mean/std, relative change, paired t-test, efficiency ratios;
 ``report``: Markdown + CSV; ``plot``: the relative-gain PNG; ``cli``: the command line.
 """
-from recbole_llm4sbr.benchmark.variants import VARIANTS, parse_variants
-
 __all__ = ["VARIANTS", "parse_variants", "run_benchmark"]
+
+
+def __getattr__(name):
+    """``VARIANTS`` and ``parse_variants`` on first use: the variants import the model registry (torch,
+    RecBole), which ``--benchmark --help`` must not wait for."""
+    if name in ("VARIANTS", "parse_variants"):
+        from recbole_llm4sbr.benchmark import variants
+
+        return getattr(variants, name)
+    raise AttributeError(f"module 'recbole_llm4sbr.benchmark' has no attribute {name!r}")
 
 
 def run_benchmark(*args, **kwargs):

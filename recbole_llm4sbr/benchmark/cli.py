@@ -37,8 +37,6 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from recbole_llm4sbr.benchmark.variants import parse_bases, parse_seeds, parse_variants
-from recbole_llm4sbr.benchmark.runner import BenchmarkError
 from recbole_llm4sbr.errors import check_config_files, run_command
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
@@ -73,7 +71,9 @@ def parse(argv: Sequence[str]):
                              "such as --grid_intent_strength=0,1")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--model", "-m", default=None, help=argparse.SUPPRESS)
-    args, rest = parser.parse_known_args(list(argv))
+    args, rest = parser.parse_known_args(list(argv))  # --help exits here, before torch and RecBole load
+    from recbole_llm4sbr.benchmark.runner import BenchmarkError
+
     overrides: Dict[str, str] = {}
     grid: Dict[str, list] = {}
     for name in ("learning_rate", "lr_step_size"):
@@ -139,6 +139,8 @@ def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides:
     validate(typed)
     check_backend_name(typed)
     first = overrides.pop("seed", 2020)
+    from recbole_llm4sbr.benchmark.variants import parse_bases, parse_seeds, parse_variants
+
     bench = Benchmark(dataset, parse_bases(bases), parse_variants(variants), parse_seeds(seeds, int(first)),
                       overrides, results_dir, config_files, command=command, commit=commit,
                       inference_repeats=inference_repeats, protocol=protocol, grid=grid, tune=tune)
@@ -156,9 +158,9 @@ def run_benchmark(dataset: str, bases, variants="llm4sbr", seeds="3", overrides:
 
 
 def _main(argv: List[str]) -> int:
+    args, overrides = parse(argv)
     from recbole_llm4sbr.benchmark.runner import command_line
 
-    args, overrides = parse(argv)
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     bench, _ = run_benchmark(args.dataset, args.base_models, args.variants, args.seeds, overrides, args.results_dir,
                              files, command=command_line(argv), report_only=args.report_only, plot=not args.no_plot,

@@ -6,6 +6,8 @@ only turns a list of prompts into a list of answers.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -42,7 +44,8 @@ def _call(backend: Backend, chunk: List[str]) -> List[str]:
 
 
 def chunk_size(backend: Backend, batch_size: int) -> int:
-    """Prompts per ``backend.generate`` call (and per cache commit): ``batch_size``, or more when the
+    """Prompts per ``backend.generate`` call (a cache commit holds at most these; fewer when the
+    backend reports answers as they finish): ``batch_size``, or more when the
     backend declares ``prompts_per_call`` (an engine that schedules its own batches, as vLLM does,
     needs many prompts per call to fill them; chunks of ``intent_batch_size`` would starve it)."""
     n = max(1, int(batch_size or 1))
@@ -63,6 +66,98 @@ def send_order(prompts: Sequence[str]) -> List[str]:
     return sorted(prompts)
 
 
+def _eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
+
+
+class Progress:
+    """What a person sees while prompts are answered: a tqdm bar (``show_progress`` on a terminal),
+    else one log line every ``LOG_EVERY_S`` seconds (a log file, a pipe, ``show_progress: False``).
+
+    ``done`` counts answered prompts (the bar's position, and what the ETA is computed from);
+    ``note`` is the backend's last sign of life (``report_step``: a prefill block, a decode step).
+    A daemon thread redraws the bar every second and writes the log lines, so the elapsed time moves
+    even while one long backend call runs."""
+
+    LOG_EVERY_S = 10.0
+    REDRAW_S = 1.0
+
+    def __init__(self, total: int, desc: str, show_bar: bool, log: logging.Logger, stream=None):
+        self.total, self.desc, self.log = total, desc, log
+        self.done = self.failed = self.tokens = 0
+        self.note = ""
+        self.start = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        stream = sys.stderr if stream is None else stream
+        self.bar = None
+        if show_bar and total and _isatty(stream):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="prompt", desc=desc, dynamic_ncols=True, file=stream)
+        self._thread = None
+        if total:
+            self._thread = threading.Thread(target=self._tick, name="llm4sbr-stage1-progress", daemon=True)
+            self._thread.start()
+
+    def line(self) -> str:
+        """``37/128 prompts, 12 s, ETA 31 s (decode batch 2/4, step 17/32)``."""
+        elapsed = time.perf_counter() - self.start
+        eta = _eta(elapsed / self.done * (self.total - self.done)) if self.done else "?"
+        extra = [self.note] if self.note else []
+        if self.failed:
+            extra.append(f"failed {self.failed}")
+        tail = f" ({', '.join(extra)})" if extra else ""
+        return f"{self.desc}: {self.done}/{self.total} prompts, {_eta(elapsed)}, ETA {eta}{tail}"
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            if self.bar is not None:
+                self.bar.update(n)
+
+    def step(self, note: str) -> None:
+        self.note = note
+
+    def _postfix(self) -> str:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        parts = [self.note] if self.note else []
+        parts.append(f"{self.tokens / elapsed:.1f} tok/s")
+        if self.failed:
+            parts.append(f"failed {self.failed}")
+        return ", ".join(parts)
+
+    def _tick(self) -> None:
+        last_log = time.perf_counter()
+        while not self._stop.wait(self.REDRAW_S):
+            with self._lock:
+                if self.bar is not None:
+                    self.bar.set_postfix_str(self._postfix(), refresh=True)
+                elif time.perf_counter() - last_log >= self.LOG_EVERY_S:
+                    last_log = time.perf_counter()
+                    self.log.info(self.line())
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.bar is not None:
+            self.bar.set_postfix_str(self._postfix(), refresh=False)
+            self.bar.close()
+        elif self.total:
+            failed = f" ({self.failed} failed)" if self.failed else ""
+            self.log.info(f"{self.desc}: {self.done}/{self.total} prompts answered{failed} in "
+                          f"{_eta(time.perf_counter() - self.start)}")
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def answer_prompts(
     backend: Backend,
     prompts: Sequence[str],
@@ -73,8 +168,14 @@ def answer_prompts(
 ) -> Tuple[List[Optional[str]], GenerationStats]:
     """One answer per prompt, in order; ``None`` where the backend failed twice (never silently: the
     failures are counted and logged). Identical prompts are sent once; cached ones are not sent; the
-    rest go in :func:`send_order` (sharing prompts side by side) in chunks of ``batch_size`` prompts (or the backend's ``prompts_per_call``
-    when larger, see :func:`chunk_size`), each committed to the cache as soon as it is answered."""
+    rest go in :func:`send_order` (sharing prompts side by side) in chunks of ``batch_size`` prompts
+    (or the backend's ``prompts_per_call`` when larger, see :func:`chunk_size`).
+
+    Every answer is committed to the cache as soon as the pipeline has it: the answers a backend
+    hands over while its call runs (``Backend.report_answers``: the transformers backend reports
+    each prompt as its decoding ends) at once, the rest of a chunk when the call returns. So Ctrl-C
+    keeps everything answered so far, and the chunks (what is decoded together) stay as large as
+    before. ``progress``: a bar on a terminal, else a log line every ~10 s (:class:`Progress`)."""
     log = logger or _log
     start = time.perf_counter()
     info = backend.describe()
@@ -91,40 +192,49 @@ def answer_prompts(
     stats.sent = len(missing)
     per_call = chunk_size(backend, batch_size)
 
-    bar = None
-    if missing and progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(missing), unit="prompt", desc=f"LLM ({backend.name})", dynamic_ncols=True)
-    tokens = 0
+    shown = Progress(len(missing), f"LLM ({backend.name})", progress, log)
     failed = 0
+
+    def keep(pairs: List[Tuple[str, str]]) -> None:
+        """Commit the new answers among ``pairs`` and count them."""
+        new = [(p, a) for p, a in pairs if p not in answers and isinstance(a, str)]
+        if not new:
+            return
+        cache.store(new)
+        answers.update(new)
+        try:
+            shown.tokens += int(backend.count_tokens([a for _, a in new]))
+        except Exception:  # noqa: BLE001 - a read-out must never stop generation
+            pass
+        shown.advance(len(new))
+
     try:
         for i in range(0, len(missing), per_call):
             chunk = missing[i : i + per_call]
             got: Optional[List[str]] = None
             for attempt in (1, 2):
+                todo = [p for p in chunk if p not in answers]  # a retry sends what is still unanswered
+                backend.on_answers = lambda positions, texts, todo=todo: keep(
+                    [(todo[j], t) for j, t in zip(positions, texts)])
+                backend.on_step = shown.step
                 try:
-                    got = _call(backend, chunk)
-                    break
+                    got = _call(backend, todo)
                 except Exception as e:  # noqa: BLE001 - any backend failure: retry once, then fall back
                     what = "retrying once" if attempt == 1 else "its prompts get the fallback answer"
-                    log.warning(f"LLM chunk of {len(chunk)} prompts failed ({type(e).__name__}: {e}); {what}")
-            if got is None:
-                failed += len(chunk)
+                    log.warning(f"LLM chunk of {len(todo)} prompts failed ({type(e).__name__}: {e}); {what}")
+                else:
+                    break
+                finally:
+                    backend.on_answers = backend.on_step = None
+            if got is not None:
+                keep(list(zip(todo, got)))
             else:
-                cache.store(list(zip(chunk, got)))
-                answers.update(zip(chunk, got))
-                try:
-                    tokens += int(backend.count_tokens(got))
-                except Exception:  # noqa: BLE001 - a read-out must never stop generation
-                    pass
-            if bar is not None:
-                bar.update(len(chunk))
-                elapsed = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix_str(f"{tokens / elapsed:.1f} tok/s, failed {failed}", refresh=False)
+                lost = sum(p not in answers for p in chunk)
+                failed += lost
+                shown.failed = failed
+                shown.advance(lost)
     finally:
-        if bar is not None:
-            bar.close()
+        shown.close()
     stats.failed = failed
     stats.wall_s = time.perf_counter() - start
     if failed:

@@ -113,7 +113,12 @@ def read_item_text(settings: Mapping[str, Any]) -> Dict[str, str]:
     """``{item token: text}`` from ``<ds>.itemtext`` (header ``item_id<TAB>text``)."""
     path = itemtext_path(settings)
     if not path.is_file():
-        raise IntentError(f"item text file {path} not found: stage 1 needs it; write it with the data converter for {settings['dataset']}")
+        raise IntentError(
+            f"item text file {path} not found: stage 1 needs one text per item. Fix: write it as UTF-8 "
+            f"with the header line 'item_id<TAB>text' and one line '<item token><TAB><text>' per item "
+            f"token of the .inter files (the text without tabs or newlines, e.g. '42<TAB>Heat (1995) -- "
+            f"Action|Crime'); the data converters (python -m recbole_llm4sbr.data.converters) write it "
+            f"for the datasets they build")
     try:
         return _read_item_text(path)
     except UnicodeDecodeError:

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from ..errors import read_yaml_file
+from ..known_keys import warn_unknown
 from ..paths import default_data_path, properties_dir
 from ..validation import validate
 from .backends import check_backend_name
@@ -131,6 +132,7 @@ def load_settings(
     if not settings.get("data_path"):
         settings["data_path"] = str(default_data_path())
     validate(settings)
+    warn_unknown(user)  # --epoch=2 would be ignored silently
     check_backend_name(settings)
     return settings
 

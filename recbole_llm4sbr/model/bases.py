@@ -124,6 +124,11 @@ SUPPORTED: Tuple[str, ...] = tuple(name for name, spec in BASES.items() if spec.
 UNSUPPORTED: Dict[str, str] = {name: spec.refused for name, spec in BASES.items() if not spec.supported}
 
 
+def supported_names() -> str:
+    """``LLM4SBR_SRGNN, LLM4SBR_GCSAN, ...``: every base that can be wrapped, for refusals."""
+    return ", ".join(wrapped_name(name) for name in SUPPORTED)
+
+
 def find_recbole_model(name: str):
     """RecBole's own model class called ``name``, or None (no lightgbm/xgboost import on a miss)."""
     for sub in ("sequential_recommender", "general_recommender", "context_aware_recommender",
@@ -143,7 +148,7 @@ def resolve(base_name: str) -> Tuple[BaseSpec, type]:
     wrapped = wrapped_name(base_name)
     spec = BASES.get(base_name)
     if spec is not None and not spec.supported:
-        raise ValueError(f"{wrapped} is not supported: {spec.refused}.")
+        raise ValueError(f"{wrapped} is not supported: {spec.refused}. Fix: one of {supported_names()}.")
     base = find_recbole_model(base_name)
     if base is None:
         raise ValueError(
@@ -153,7 +158,7 @@ def resolve(base_name: str) -> Tuple[BaseSpec, type]:
     if not is_sequential(base):
         raise ValueError(
             f"{wrapped} is not supported: {base_name} is not a sequential recommender "
-            "(LLM4SBR wraps session/sequential models)."
+            f"(LLM4SBR wraps session/sequential models). Fix: one of {supported_names()}."
         )
     if spec is None:
         raise ValueError(

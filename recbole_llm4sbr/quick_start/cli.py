@@ -19,8 +19,10 @@ clear line (exit 2), not a traceback.
 from __future__ import annotations
 
 import argparse
+import ast
+import re
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from recbole_llm4sbr.errors import ConfigError, check_config_files, run_command
 
@@ -35,6 +37,34 @@ def split_overrides(rest: Sequence[str]) -> Dict[str, str]:
         else:
             raise ConfigError(f"unexpected argument '{arg}'. Fix: config overrides are written --key=value")
     return out
+
+
+_ARITHMETIC = re.compile(r"[\d\s.+\-*/()eE]+")
+
+
+def as_recbole_types(overrides: Dict[str, str]) -> Dict[str, Any]:
+    """The overrides typed as RecBole's ``Config`` will type them (it ``eval``s each value: a number,
+    list or dict literal, else ``true``/``false``, else the string), without RecBole; a value only
+    ``eval`` could type (arithmetic, ``2*5``) is left out."""
+    out: Dict[str, Any] = {}
+    for key, text in overrides.items():
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            if _ARITHMETIC.fullmatch(text):
+                continue
+            value = {"true": True, "false": False}.get(text.lower(), text)
+        out[key] = value if value is None or isinstance(value, (str, int, float, list, tuple, dict, bool)) else text
+    return out
+
+
+def check_overrides(overrides: Dict[str, str]) -> None:
+    """The command line's ``--key=value`` values checked against ``validation.RULES`` before torch
+    and RecBole are imported, so ``--epochs=abc`` is answered in about a second (the full config is
+    checked again once it is built, yaml files included)."""
+    from recbole_llm4sbr.validation import validate
+
+    validate(as_recbole_types(overrides))
 
 
 def parse(argv=None):
@@ -57,6 +87,7 @@ def parse(argv=None):
 def _main(argv: List[str]) -> int:
     args, rest = parse(argv)
     overrides = split_overrides(rest)
+    check_overrides(overrides)
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     check_config_files(files)  # a syntax error: file, line and column, before any data or checkpoint is read
     from recbole_llm4sbr.quick_start.quick_start import DEFAULT_DATASET, run_recbole_llm4sbr
@@ -70,9 +101,14 @@ def _main(argv: List[str]) -> int:
     return 0
 
 
+#: Ctrl-C: stage 1 keeps every answer it received (the answer cache commits each as it arrives)
+INTERRUPTED = ("interrupted: stage-1 answers received so far are cached, so a rerun continues from them; "
+               "training restarts (--resume=<saved checkpoint> continues it)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """One run (train + test, or ``--eval_only``); ``recbole_llm4sbr.cli`` sends ``--benchmark`` elsewhere."""
-    return run_command(_main, list(sys.argv[1:] if argv is None else argv))
+    return run_command(_main, list(sys.argv[1:] if argv is None else argv), interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":

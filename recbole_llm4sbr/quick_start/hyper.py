@@ -148,9 +148,10 @@ def _main(argv: List[str]) -> int:
     tuner = run_hyper(args.model, args.params_file, dataset, files, fixed, args.algo, args.max_evals,
                       args.early_stop, args.output_file, args.display_file)
     best = tuner.params2result[tuner.params2str(tuner.best_params)]
+    from recbole.utils import dict2str  # "recall@20 : 0.1695    mrr@20 : 0.0366", as RecBole logs results
     print("best params:", tuner.best_params)
     print("best valid score:", best["best_valid_score"])
-    print("test result of the best params:", dict(best["test_result"]))
+    print("test result of the best params:", dict2str(best["test_result"]))
     print("all trials:", args.output_file or f"hyper_{args.model}.result")
     return 0
 

@@ -25,11 +25,11 @@ from typing import Iterator, Optional
 import torch
 from recbole.data import data_preparation
 from recbole.evaluator import Collector
-from recbole.utils import calculate_valid_score, get_trainer, init_logger, init_seed, set_color
+from recbole.utils import calculate_valid_score, dict2str, get_trainer, init_logger, init_seed, set_color
 
 from recbole_llm4sbr.compat import ddp_for_any_device, full_checkpoint_load
 from recbole_llm4sbr.config import Config
-from recbole_llm4sbr.data.dataset import LLM4SBRDataset, check_benchmark_files
+from recbole_llm4sbr.data.dataset import DatasetFileError, LLM4SBRDataset, check_benchmark_files
 from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.quick_start.distributed import (RANK_LOCAL_BUFFERS, RankConfig, RankJob, agree, barrier,
                                                      global_rank, layout_of, spawn, state_sha1, wants_ranks)
@@ -42,12 +42,32 @@ PER_SAMPLE_METRICS = ("recall", "mrr", "ndcg")
 
 def prepare_dataset(config, logger) -> None:
     """Convert a dataset bundled with RecBole's wheel (``ml-100k-session``, ``ml-100k-every``) into
-    ``data_path`` on first use (no network needed)."""
+    ``data_path`` on first use (no network needed), as RecBole downloads its own datasets into a folder
+    that lacks them; said in one line first (a warning when ``data_path`` was given and does not exist:
+    a typo there would otherwise convert the data and run stage 1's LLM again, silently, in a new
+    folder). Any other dataset must already be there: a ``data_path`` that does not exist is an error
+    naming it."""
     from recbole_llm4sbr.data.converters.movielens import BUNDLED, ensure_default_dataset
 
-    if config["dataset"] not in BUNDLED:
+    root = os.path.dirname(os.path.normpath(config["data_path"]))
+    dataset = config["dataset"]
+    if dataset not in BUNDLED:
+        if not os.path.isdir(root):
+            raise DatasetFileError(f"data_path {root} does not exist (dataset '{dataset}' is read from "
+                                   f"{os.path.join(root, dataset)}). Fix: --data_path=<the folder that holds "
+                                   f"{dataset}/>")
         return
-    ensure_default_dataset(os.path.dirname(os.path.normpath(config["data_path"])), config["dataset"])
+    from recbole_llm4sbr.paths import default_data_path
+
+    if not os.path.exists(os.path.join(root, dataset, f"{dataset}.stats.json")):
+        if not os.path.isdir(root) and os.path.abspath(root) != os.path.abspath(str(default_data_path())):
+            logger.warning(f"data_path {root} does not exist: creating it and building {dataset} there from "
+                           f"the bundled MovieLens-100K; stage 1 then runs for that copy too (its LLM answers "
+                           f"are cached per data_path). Fix: --data_path=<the folder that holds {dataset}/> "
+                           f"if you meant existing data")
+        else:
+            logger.info(f"building {dataset} in {root} from the bundled MovieLens-100K (first use)")
+    ensure_default_dataset(root, dataset)
 
 
 class RecordingCollector(Collector):
@@ -109,6 +129,7 @@ def plugin_trainer(trainer_class):
             self.eval_collector = RecordingCollector(config)
             self.epoch_times, self.epoch_lrs, self.saves = [], [], []
             self.fit_start, self.fit_time_s = None, None
+            self.valid_scores, self._epoch = [], None  # (epoch, validation score) of this fit
 
         def fit(self, *args, **kwargs):
             self.fit_start, self.saves = time.perf_counter(), []
@@ -132,6 +153,7 @@ def plugin_trainer(trainer_class):
                 return super().resume_checkpoint(*args, **kwargs)
 
         def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+            self._epoch = int(epoch_idx)
             self.epoch_lrs.append(self._set_epoch_lr(epoch_idx))
             start = time.perf_counter()
             try:
@@ -141,7 +163,22 @@ def plugin_trainer(trainer_class):
 
         def _valid_epoch(self, *args, **kwargs):
             score, result = super()._valid_epoch(*args, **kwargs)
+            self.valid_scores.append((self._epoch, float(score)))
             return self._tie_is_no_gain(score), result
+
+        @property
+        def best_epoch(self) -> Optional[int]:
+            """The epoch whose weights are tested, as RecBole's trainer counts epochs: 0-based, the
+            index of its "epoch 4 training" lines and of "best eval result in epoch 4". The last
+            checkpoint saved (RecBole saves each new best), else the first epoch of this fit with
+            the best validation score (a tie is no gain); None when nothing was validated."""
+            if self.saves:
+                return int(self.saves[-1][0])
+            best = None
+            for epoch, score in self.valid_scores:
+                if best is None or (score > best[1] if self.valid_metric_bigger else score < best[1]):
+                    best = (epoch, score)
+            return None if best is None else best[0]
 
         def _tie_is_no_gain(self, score: float) -> float:
             """RecBole's ``early_stopping`` counts a score equal to the best as a gain (``>=``): a run
@@ -369,12 +406,15 @@ def run_recbole_llm4sbr(model=None, dataset=None, config_file_list=None, config_
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=progress)
         model_file = trainer.saved_model_file if saved else None
     per_sample = trainer.per_sample_outcomes(test_data)
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    logger.info(set_color("best valid ", "yellow") + f": {dict2str(best_valid_result)}")
+    logger.info(set_color("test result", "yellow") + f": {dict2str(test_result)}")
     epoch_times = list(trainer.epoch_times)
     if epoch_times:
         logger.info(set_color("epoch time", "yellow") + f": {sum(epoch_times) / len(epoch_times):.2f} s "
                     f"(mean of {len(epoch_times)} training epochs)")
+    logger.info(result_line(config["model"], config["dataset"], test_result, config["topk"],
+                            best_epoch=None if eval_only else trainer.best_epoch,
+                            checkpoint=checkpoint if eval_only else None))
     return {
         "model": config["model"],
         "best_valid_score": best_valid_score,
@@ -386,6 +426,32 @@ def run_recbole_llm4sbr(model=None, dataset=None, config_file_list=None, config_
         "per_sample": per_sample,
         "config": config,
     }
+
+
+def _short(value) -> str:
+    """``.1695`` (4 decimals, no leading zero, as papers print metrics); ``1.0000`` stays."""
+    text = f"{float(value):.4f}"
+    return text[1:] if text.startswith("0.") else text
+
+
+def result_line(model, dataset, test_result, topk=None, best_epoch=None, checkpoint=None) -> str:
+    """The run's outcome on one line a person reads:
+    ``LLM4SBR_SRGNN on ml-100k-session: Recall@20 .1695  MRR@20 .0366  NDCG@20 .0712 (best epoch 5)``.
+
+    K is 20 when ``topk`` has it, else its largest; the metrics are Recall, MRR and NDCG at K, those
+    the test measured (any other metric when it measured none of them). ``best_epoch`` is RecBole's 0-based epoch index (the one
+    its log lines print: ``PluginTrainer.best_epoch``); ``checkpoint`` names the file an eval-only
+    run tested instead."""
+    ks = [int(k) for k in (topk if isinstance(topk, (list, tuple)) else [topk] if topk else [])]
+    k = 20 if 20 in ks or not ks else max(ks)
+    result = {str(name).lower(): v for name, v in (test_result or {}).items()}
+    names = (("recall", "Recall"), ("mrr", "MRR"), ("ndcg", "NDCG"))
+    parts = [f"{label}@{k} {_short(result[f'{name}@{k}'])}" for name, label in names if f"{name}@{k}" in result]
+    if not parts:  # no ranking metric at K: whatever the test measured
+        parts = [f"{name} {_short(v)}" for name, v in result.items()]
+    tail = (f" (best epoch {best_epoch})" if best_epoch is not None
+            else f" (eval only: {checkpoint})" if checkpoint else "")
+    return f"{model} on {dataset}: {'  '.join(parts)}{tail}"
 
 
 def _run_ranks(config, config_file_list, config_dict, read_cmd_line, saved, resume) -> dict:

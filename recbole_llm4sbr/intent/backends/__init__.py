@@ -148,6 +148,9 @@ def get_backend(settings: Mapping[str, Any], logger: Optional[logging.Logger] = 
     """
     name = name or resolve_backend_name(settings, logger)
     cls = backend_class(name)
+    if name != "text":  # loading a model can take a minute on a CPU: say what the wait is
+        (logger or _log).info(f"starting intent_backend {name}"
+                              + (f" ({settings.get('intent_model')})" if settings.get("intent_model") else ""))
     try:
         return cls(dict(settings))
     except (OSError, ImportError, ValueError, RuntimeError) as e:

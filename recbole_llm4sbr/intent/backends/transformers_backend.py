@@ -20,6 +20,12 @@ store, and every prompt then decodes from its own path's cache (``generate`` wit
 float rounding (a greedy near-tie may flip, as it may between batch sizes). Models whose cache is not
 a plain ``DynamicCache`` (sliding windows, hybrid layers) take the plain path.
 
+While a call runs, each prompt's answer is handed to the pipeline as soon as its decoding ends
+(``Backend.report_answers``: at its stop token in the greedy loop, at its batch's end otherwise), and
+every prefill block and decode step is reported (``report_step``): the answer cache commits answers
+as they come, so Ctrl-C keeps them, and the progress line moves between answers. The batches decoded
+together are the same with or without these reports, so the answers are too.
+
 Settings read: ``intent_model``, ``intent_max_tokens``, ``intent_temperature``, ``intent_top_p``,
 ``intent_seed``, ``intent_batch_size`` (prompts decoded together), ``intent_device``
 (auto|cpu|cuda|cuda:N), and optionally
@@ -300,6 +306,22 @@ def _description(name: str, model_name: Optional[str], resolved: Mapping[str, An
     return out
 
 
+def _step_report(backend: "TransformersBackend", note: str, prompt_width: int):
+    """A ``StoppingCriteria`` that reports each ``generate`` step (``Backend.report_step``) and never
+    stops a row (so ``generate`` decodes exactly as without it)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StepReport(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            step = input_ids.shape[1] - prompt_width
+            head = f"{note}, " if note else ""
+            backend.report_step(f"{head}step {step}/{backend.max_new_tokens}")
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StepReport()
+
+
 class TransformersBackend(Backend):
     """``intent_backend: transformers``."""
 
@@ -465,12 +487,15 @@ class TransformersBackend(Backend):
             self.last_prefill = {"prompt_tokens": sum(map(len, encoded)), "computed_tokens": 0}
             order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
             answers: List[Optional[str]] = [None] * len(prompts)
-            for start in range(0, len(order), self.batch_size):
+            n_batches = -(-len(order) // self.batch_size)
+            for b, start in enumerate(range(0, len(order), self.batch_size)):
                 idx = order[start:start + self.batch_size]
                 batch = [encoded[i] for i in idx]
                 self.last_prefill["computed_tokens"] += len(batch) * max(len(ids) for ids in batch)
-                for i, text in zip(idx, self._generate_batch(batch)):
+                texts = self._generate_batch(batch, note=f"batch {b + 1}/{n_batches}")
+                for i, text in zip(idx, texts):
                     answers[i] = text
+                self.report_answers(idx, texts)
             return [a if a is not None else "" for a in answers]
 
     # ---- shared-prefix path ---------------------------------------------------------------------
@@ -538,6 +563,7 @@ class TransformersBackend(Backend):
             by_depth: Dict[int, List[int]] = {}
             for i, node in enumerate(nodes):
                 by_depth.setdefault(node.depth, []).append(i)
+            prefill_total = max(total - 1, 1)
             for depth in sorted(by_depth):
                 todo = sorted((i for i in by_depth[depth] if nodes[i].tokens),
                               key=lambda i: (len(nodes[i].tokens), nodes[i].start))
@@ -575,6 +601,7 @@ class TransformersBackend(Backend):
                     if new is None:
                         return None
                     computed += len(batch) * width
+                    self.report_step(f"prefill {min(computed, prefill_total)}/{prefill_total} tokens")
                     keep = own.reshape(-1).bool().to(dev)
                     n_new = int(own.sum())
                     if not store_k:  # allocated once: every node's tokens + the zero padding row 0
@@ -596,8 +623,10 @@ class TransformersBackend(Backend):
             # decode: batches of similar path length, each from its rows' gathered cache
             order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
             answers: List[str] = [""] * len(encoded)
-            for start in range(0, len(order), self.batch_size):
+            n_batches = -(-len(order) // self.batch_size)
+            for b, start in enumerate(range(0, len(order), self.batch_size)):
                 idx = order[start:start + self.batch_size]
+                note = f"batch {b + 1}/{n_batches}"
                 rows = [paths[end[i]] for i in idx]
                 if store_k and any(rows):
                     past, past_mask = gather(rows)
@@ -607,22 +636,30 @@ class TransformersBackend(Backend):
                 input_ids = torch.cat([torch.full_like(past_mask, self.pad_token_id), last], dim=1)
                 mask = torch.cat([past_mask, torch.ones_like(last)], dim=1)
                 if past and self.greedy_loop and self.temperature == 0:
-                    texts = self._greedy_decode(past, past_mask, last)
+                    texts = self._greedy_decode(past, past_mask, last, note=note,
+                                                finished=lambda rows, done, idx=idx: self.report_answers(
+                                                    [idx[r] for r in rows], done))
                 else:
                     from transformers import DynamicCache
 
                     cache = DynamicCache(ddp_cache_data=past) if past else None
-                    texts = self._run_generate(input_ids.to(dev), mask.to(dev), cache)
+                    texts = self._run_generate(input_ids.to(dev), mask.to(dev), cache, note=note)
                 for i, text in zip(idx, texts):
                     answers[i] = text
+                self.report_answers(idx, texts)  # those not reported as they finished
         self.last_prefill["decode_s"] = time.perf_counter() - t_start - self.last_prefill["prefill_s"]
         return answers
 
-    def _greedy_decode(self, past: List[Tuple[Any, Any]], past_mask, last) -> List[str]:
+    def _greedy_decode(self, past: List[Tuple[Any, Any]], past_mask, last, note: str = "",
+                       finished=None) -> List[str]:
         """Greedy answers from a pre-filled cache (``past``: per layer [rows, kv_heads, L, d], left
         padded as ``past_mask`` says; ``last``: [rows, 1] each prompt's last token), as
         ``generate`` decodes them (argmax, stop at a stop id or ``max_new_tokens``) but with the
-        cache written in place and finished rows dropped once a quarter of the open ones are done."""
+        cache written in place and finished rows dropped once a quarter of the open ones are done.
+
+        ``finished(rows, answers)`` is called at each step where rows hit a stop id, with their
+        final answers (a finished row's tokens never change again); every step is reported
+        (``report_step``). Neither changes what is decoded."""
         import torch
         from transformers import DynamicCache
 
@@ -643,7 +680,9 @@ class TransformersBackend(Backend):
         if self._keeps_logits:
             kw["logits_to_keep"] = 1
         with torch.inference_mode():
-            for _ in range(self.max_new_tokens):
+            for step in range(self.max_new_tokens):
+                self.report_step(f"{note}, step {step + 1}/{self.max_new_tokens}" if note
+                                 else f"step {step + 1}/{self.max_new_tokens}")
                 logits = self.model(input_ids=tok, attention_mask=mask, position_ids=pos, use_cache=True,
                                     **kw).logits[:, -1, :]
                 if limit is not None:
@@ -652,10 +691,15 @@ class TransformersBackend(Backend):
                 picked = nxt.tolist()  # one device->host copy per step, read by the constraint and the rows
                 if limit is not None:
                     limit.advance(picked)
+                ended = []
                 for j, t in enumerate(picked):
                     if not done[j]:
                         out[rows[j]].append(t)
                         done[j] = t in stops
+                        if done[j]:
+                            ended.append(rows[j])
+                if ended and finished is not None:
+                    finished(ended, self._decode([out[r] for r in ended]))
                 n_done = sum(done)
                 if n_done == len(rows):
                     break
@@ -688,15 +732,20 @@ class TransformersBackend(Backend):
             rows = [self.title_trie.complete(t, self.max_titles) for t in rows]
         return [t.strip() for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
-    def _run_generate(self, input_ids, attention, cache=None) -> List[str]:
+    def _run_generate(self, input_ids, attention, cache=None, note: str = "") -> List[str]:
         """``model.generate`` (seeded when sampling) from ``input_ids`` (+ a pre-filled cache of all
-        but the last column); the decoded new tokens, stripped."""
+        but the last column); the decoded new tokens, stripped. Each decoding step is reported
+        (``report_step``) through a stopping criterion that never stops anything."""
         import torch
 
         gen_cfg = self._generation_config()
         kw: Dict[str, Any] = dict(input_ids=input_ids, attention_mask=attention, generation_config=gen_cfg)
         if cache is not None:
             kw[self._cache_kw] = cache
+        if self.on_step is not None:
+            from transformers import StoppingCriteriaList
+
+            kw["stopping_criteria"] = StoppingCriteriaList([_step_report(self, note, input_ids.shape[1])])
         limit = self._constraint(input_ids.shape[0])
         if limit is not None:
             from transformers import LogitsProcessorList
@@ -716,7 +765,7 @@ class TransformersBackend(Backend):
         new = out[:, input_ids.shape[1]:].cpu()
         return self._decode(new.tolist())
 
-    def _generate_batch(self, batch: List[List[int]]) -> List[str]:
+    def _generate_batch(self, batch: List[List[int]], note: str = "") -> List[str]:
         import torch
 
         width = max(len(ids) for ids in batch)
@@ -726,7 +775,7 @@ class TransformersBackend(Backend):
             if ids:
                 input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
                 attention[row, width - len(ids):] = 1
-        return self._run_generate(input_ids.to(self.device), attention.to(self.device))
+        return self._run_generate(input_ids.to(self.device), attention.to(self.device), note=note)
 
     def close(self) -> None:
         import gc
