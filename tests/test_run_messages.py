@@ -114,7 +114,7 @@ def test_data_path_that_does_not_exist(tmp_path, caplog, monkeypatch):
     from recbole_llm4sbr.quick_start.quick_start import DEFAULT_DATASET, prepare_dataset
 
     built = []
-    monkeypatch.setattr(movielens, "convert_ml100k", lambda data_path: built.append(str(data_path)))
+    monkeypatch.setattr(movielens, "convert_ml100k", lambda data_path, **kw: built.append(str(data_path)))
     log = logging.getLogger("test_run_messages")
     caplog.set_level(logging.INFO, logger="test_run_messages")
     typo = tmp_path / "datset"
