@@ -2,7 +2,7 @@
 its own JSON, skipped when already there.
 
 A training run calls ``run_recbole_llm4sbr(model, dataset, config_files, config_dict, read_cmd_line=False)``
-inside ``capture_run()``: RecBole's Trainer keeps the best epoch on the validation split and RecBole's
+and reads what it built from its result (``built``): RecBole's Trainer keeps the best epoch on the validation split and RecBole's
 evaluator tests it; the plugin trainer records its own fit time, checkpoint times and per-sample test
 outcomes. Around that call the runner measures, for the same process and machine as the other cells:
 
@@ -379,9 +379,9 @@ def train_cell(model: str, dataset: str, config_files: Optional[List[str]], conf
     memory = PeakMemory()
     load_start = _loadavg()
     start = time.perf_counter()
-    with qs.capture_run() as run:
-        result = qs.run_recbole_llm4sbr(model, dataset, config_file_list=config_files, config_dict=config_dict,
-                                        saved=True, read_cmd_line=False)
+    result = qs.run_recbole_llm4sbr(model, dataset, config_file_list=config_files, config_dict=config_dict,
+                                    saved=True, read_cmd_line=False)
+    run = result.pop("built")
     cell_time = time.perf_counter() - start
     config = result["config"]
     mem = memory.result(str(config["device"]))
@@ -434,8 +434,7 @@ def train_cell(model: str, dataset: str, config_files: Optional[List[str]], conf
         **mem,
         "per_sample": result.get("per_sample"),
     }
-    run.clear()
-    del result, trainer, test
+    del result, run, trainer, test
     release_memory()
     return out
 

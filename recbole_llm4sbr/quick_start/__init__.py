@@ -1,7 +1,6 @@
-from recbole_llm4sbr.quick_start.quick_start import (RunCapture, build, capture_run, make_config,
-                                                     run_recbole_llm4sbr)
+from recbole_llm4sbr.quick_start.quick_start import BuiltRun, build, make_config, run_recbole_llm4sbr
 
-__all__ = ["run_recbole_llm4sbr", "make_config", "build", "capture_run", "RunCapture", "objective_function"]
+__all__ = ["run_recbole_llm4sbr", "make_config", "build", "BuiltRun", "objective_function"]
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):
