@@ -172,6 +172,25 @@ def test_attribution_variants_config_and_digests():
     assert bench.config_dict(bench.plan()[3])["intent_control"] == "constant"
 
 
+def test_every_variant_declares_its_role_and_the_report_finds_its_controls_by_role():
+    from recbole_llm4sbr.benchmark import report
+    from recbole_llm4sbr.benchmark.variants import ROLES, VARIANTS, Variant, role_variant, role_variants
+
+    assert all(v.role in ROLES for v in VARIANTS.values())
+    with pytest.raises(TypeError):
+        Variant("x", True, "no role")  # a role is declared, never guessed
+    with pytest.raises(ValueError, match="role 'control'"):
+        Variant("x", True, "bad role", role="control")
+    # the reference and the controls under the fusion as configured, and their paper-fusion counterparts
+    assert [role_variant(r) for r in ROLES[:5]] == ["base", "llm4sbr", "arch", "shuffled", "text"]
+    assert [role_variant(r, "paper") for r in ROLES[1:5]] == ["paper", "paper_arch", "paper_shuffled", "paper_text"]
+    assert role_variants("intents") == ["llm4sbr", "paper"]
+    assert "no_au" in role_variants("ablation") and "arch_au_hi" in role_variants("investigation")
+    assert (report.STOCK, report.INTENTS, report.CONSTANT, report.SHUFFLED, report.TEXT) == (
+        "base", "llm4sbr", "arch", "shuffled", "text")
+    assert report.WRAPPED_MODELS == ("llm4sbr", "paper") and agg.STOCK == "base"
+
+
 def test_report_from_fixed_cells_and_png_optional(tmp_path, monkeypatch, caplog):
     from recbole_llm4sbr.benchmark.cli import run_benchmark
 
