@@ -378,6 +378,22 @@ def test_fair_protocol_plans_grid_on_first_seed_and_chooses_on_validation(tmp_pa
     assert fixed.finished()[0]["at_cap"] is False and fixed.finished()[0]["epochs_max"] == 9
 
 
+def test_the_plan_reads_finished_runs_only_through_its_load_function():
+    from recbole_llm4sbr.benchmark.plan import Plan, Slot
+
+    done = {}
+    plan = Plan("ds", ["GRU4Rec"], ["base"], [1, 2], load=lambda cell: done.get(cell.id))
+    grid = plan.grid_cells("GRU4Rec", "base")
+    assert len(grid) == 4 and plan.total_runs() == 5 and plan.chosen("GRU4Rec", "base") is None
+    assert plan.runs() == grid  # the other seed waits for the choice
+    for cell, score in zip(grid, (0.1, 0.3, 0.2, 0.3)):
+        done[cell.id] = {"best_valid_score": score, "valid_score_bigger": True}
+    assert plan.chosen("GRU4Rec", "base") == grid[1]  # the best validation score, the first of a tie
+    final = plan.plan()
+    assert final[0] == grid[1] and final[1].seed == 2 and final[1].setting == grid[1].setting
+    assert plan.unfinished() == [Slot("GRU4Rec", "base", 2)] and plan.runs() == grid + [final[1]]
+
+
 def test_paper_protocol_trains_each_seed_once_with_the_paper_schedule(tmp_path):
     trained = []
     bench = Benchmark("ds", ["GRU4Rec"], ["base"], [1, 2], {}, tmp_path, protocol="paper", commit="abc",
@@ -593,9 +609,9 @@ def test_a_run_of_one_base_keeps_the_other_bases_in_the_directorys_report(tmp_pa
     (tmp_path / "ds" / "cells" / "notes__x__seed1__y.json").write_text("{}")  # not a base: ignored
     gru = Benchmark("ds", ["GRU4Rec"], ["base"], [7], {}, tmp_path, trainer=trainer, commit="abc", protocol="paper")
     shown = gru.with_bases_on_disk()
-    gru._table_tags = {"base": "text-other"}  # as after a run: the report's view must still move nothing
+    gru.store.table_tags = {"base": "text-other"}  # as after a run: the report's view must still move nothing
     shown = gru.with_bases_on_disk()
-    assert shown.bases == ["GRU4Rec", "SRGNN"] and gru.bases == ["GRU4Rec"] and shown._table_tags is None
+    assert shown.bases == ["GRU4Rec", "SRGNN"] and gru.bases == ["GRU4Rec"] and shown.store.table_tags is None
     assert sorted(c["base"] for c in shown.finished()) == ["GRU4Rec", "SRGNN"]
     alone = Benchmark("ds", ["SRGNN"], ["base"], [7, 8], {}, tmp_path / "elsewhere", trainer=trainer,
                       commit="abc", protocol="paper")
