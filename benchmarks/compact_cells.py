@@ -4,7 +4,7 @@
 
 Earlier versions wrote a cell JSON one number per line (~6,000 lines, its per-sample outcomes) and
 named the intent table, the checkpoint and the packaged model by absolute paths. This rewrites every
-``<dir>/**/cells/*.json`` with ``runner.cell_json`` (lists on one line) and every absolute path under
+``<dir>/**/cells/*.json`` with ``store.cell_json`` (lists on one line) and every absolute path under
 ``--root`` (default: the working directory, i.e. the checkout the cells were trained in) relative to it.
 The values are otherwise unchanged (checked by reading each file back before it replaces the old one),
 so reports rebuilt with ``--report_only`` give the same numbers. The benchmark reads both forms: this
@@ -37,7 +37,7 @@ def relative_paths(obj, root: str):
 
 def compact(folder: Path, root: str) -> int:
     """Rewrite the cells under ``folder``; returns how many files changed."""
-    from recbole_llm4sbr.benchmark.runner import cell_json, write_json_atomic
+    from recbole_llm4sbr.benchmark.store import cell_json, write_json_atomic
 
     changed = 0
     for path in sorted(folder.glob("**/cells/*.json")):

@@ -37,7 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from recbole_llm4sbr.model import views  # noqa: E402
 from recbole_llm4sbr.model.fusion import GatedFusion  # noqa: E402
-from recbole_llm4sbr.quick_start import capture_run, run_recbole_llm4sbr  # noqa: E402
+from recbole_llm4sbr.quick_start import run_recbole_llm4sbr  # noqa: E402
 
 
 def patch(probe: str) -> None:
@@ -86,10 +86,10 @@ def main() -> None:
         config = {"seed": seed, "learning_rate": 1e-3, "lr_step_size": args.lr_step_size, "lr_gamma": 0.1,
                   "epochs": 50, "stopping_step": 5, "show_progress": False, "intent_control": args.intent_control,
                   "checkpoint_dir": f"saved/probe_{args.probe}_{args.lr_step_size}_{seed}"}
-        with capture_run() as run:
-            result = run_recbole_llm4sbr("LLM4SBR_SASRec", "ml-100k-session", config_dict=config,
-                                         read_cmd_line=False)
-        best_epoch = run.trainer.saves[-1][0] if run.trainer.saves else None
+        result = run_recbole_llm4sbr("LLM4SBR_SASRec", "ml-100k-session", config_dict=config,
+                                     read_cmd_line=False)
+        trainer = result["built"].trainer
+        best_epoch = trainer.saves[-1][0] if trainer.saves else None
         print(json.dumps({"probe": args.probe, "lr_step_size": args.lr_step_size,
                           "intent_control": args.intent_control, "seed": seed,
                           "valid_mrr@20": round(float(result["best_valid_score"]), 4), "best_epoch": best_epoch,

@@ -44,7 +44,7 @@ def full_checkpoint_load():
     ``Trainer.evaluate(load_best_model=True)`` (and ``Trainer.resume_checkpoint``) fails with "Weights
     only load failed ... Unsupported operand 149" and no test result is printed. ``add_safe_globals``
     cannot help, and RecBole passes no ``weights_only``; torch reads this switch at every such call.
-    The plugin's trainer (``quick_start.plugin_trainer``) wraps exactly those two calls, so the rest of
+    The plugin's trainer (``quick_start.trainer.PluginTrainerMixin``) wraps exactly those two calls, so the rest of
     the process keeps torch's safe default. Checkpoints are the user's own files written by RecBole.
     """
     key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"

@@ -172,6 +172,25 @@ def test_attribution_variants_config_and_digests():
     assert bench.config_dict(bench.plan()[3])["intent_control"] == "constant"
 
 
+def test_every_variant_declares_its_role_and_the_report_finds_its_controls_by_role():
+    from recbole_llm4sbr.benchmark import report
+    from recbole_llm4sbr.benchmark.variants import ROLES, VARIANTS, Variant, role_variant, role_variants
+
+    assert all(v.role in ROLES for v in VARIANTS.values())
+    with pytest.raises(TypeError):
+        Variant("x", True, "no role")  # a role is declared, never guessed
+    with pytest.raises(ValueError, match="role 'control'"):
+        Variant("x", True, "bad role", role="control")
+    # the reference and the controls under the fusion as configured, and their paper-fusion counterparts
+    assert [role_variant(r) for r in ROLES[:5]] == ["base", "llm4sbr", "arch", "shuffled", "text"]
+    assert [role_variant(r, "paper") for r in ROLES[1:5]] == ["paper", "paper_arch", "paper_shuffled", "paper_text"]
+    assert role_variants("intents") == ["llm4sbr", "paper"]
+    assert "no_au" in role_variants("ablation") and "arch_au_hi" in role_variants("investigation")
+    assert (report.STOCK, report.INTENTS, report.CONSTANT, report.SHUFFLED, report.TEXT) == (
+        "base", "llm4sbr", "arch", "shuffled", "text")
+    assert report.WRAPPED_MODELS == ("llm4sbr", "paper") and agg.STOCK == "base"
+
+
 def test_report_from_fixed_cells_and_png_optional(tmp_path, monkeypatch, caplog):
     from recbole_llm4sbr.benchmark.cli import run_benchmark
 
@@ -357,6 +376,22 @@ def test_fair_protocol_plans_grid_on_first_seed_and_chooses_on_validation(tmp_pa
     fixed.run()
     assert trained[12:] == [("GRU4Rec", 7, 0.01, 0), ("GRU4Rec", 7, 0.01, 3)]
     assert fixed.finished()[0]["at_cap"] is False and fixed.finished()[0]["epochs_max"] == 9
+
+
+def test_the_plan_reads_finished_runs_only_through_its_load_function():
+    from recbole_llm4sbr.benchmark.plan import Plan, Slot
+
+    done = {}
+    plan = Plan("ds", ["GRU4Rec"], ["base"], [1, 2], load=lambda cell: done.get(cell.id))
+    grid = plan.grid_cells("GRU4Rec", "base")
+    assert len(grid) == 4 and plan.total_runs() == 5 and plan.chosen("GRU4Rec", "base") is None
+    assert plan.runs() == grid  # the other seed waits for the choice
+    for cell, score in zip(grid, (0.1, 0.3, 0.2, 0.3)):
+        done[cell.id] = {"best_valid_score": score, "valid_score_bigger": True}
+    assert plan.chosen("GRU4Rec", "base") == grid[1]  # the best validation score, the first of a tie
+    final = plan.plan()
+    assert final[0] == grid[1] and final[1].seed == 2 and final[1].setting == grid[1].setting
+    assert plan.unfinished() == [Slot("GRU4Rec", "base", 2)] and plan.runs() == grid + [final[1]]
 
 
 def test_paper_protocol_trains_each_seed_once_with_the_paper_schedule(tmp_path):
@@ -574,9 +609,9 @@ def test_a_run_of_one_base_keeps_the_other_bases_in_the_directorys_report(tmp_pa
     (tmp_path / "ds" / "cells" / "notes__x__seed1__y.json").write_text("{}")  # not a base: ignored
     gru = Benchmark("ds", ["GRU4Rec"], ["base"], [7], {}, tmp_path, trainer=trainer, commit="abc", protocol="paper")
     shown = gru.with_bases_on_disk()
-    gru._table_tags = {"base": "text-other"}  # as after a run: the report's view must still move nothing
+    gru.store.table_tags = {"base": "text-other"}  # as after a run: the report's view must still move nothing
     shown = gru.with_bases_on_disk()
-    assert shown.bases == ["GRU4Rec", "SRGNN"] and gru.bases == ["GRU4Rec"] and shown._table_tags is None
+    assert shown.bases == ["GRU4Rec", "SRGNN"] and gru.bases == ["GRU4Rec"] and shown.store.table_tags is None
     assert sorted(c["base"] for c in shown.finished()) == ["GRU4Rec", "SRGNN"]
     alone = Benchmark("ds", ["SRGNN"], ["base"], [7, 8], {}, tmp_path / "elsewhere", trainer=trainer,
                       commit="abc", protocol="paper")

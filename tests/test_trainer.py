@@ -1,12 +1,12 @@
 """The plugin's trainer and quick start on a tiny dataset: the step decay per epoch, the records a
-benchmark reads (capture_run), per-sample test outcomes, eval-only / resume of a checkpoint, and
+benchmark reads (the result's ``built``), per-sample test outcomes, eval-only / resume of a checkpoint, and
 hyper-parameter search through RecBole's HyperTuning."""
 import warnings
 
 import pytest
 import torch
 
-from recbole_llm4sbr.quick_start import build, capture_run, make_config, run_recbole_llm4sbr
+from recbole_llm4sbr.quick_start import build, make_config, run_recbole_llm4sbr
 from tinydata import write_tiny_dataset
 
 SMALL = {"embedding_size": 16, "hidden_size": 16, "train_batch_size": 32, "show_progress": False,
@@ -45,12 +45,13 @@ def test_a_tie_with_the_best_validation_score_is_no_gain(tmp_path):
     assert trainer.best_valid_result is not None
 
 
-def test_capture_run_per_sample_outcomes_match_recbole(tmp_path):
+def test_built_run_per_sample_outcomes_match_recbole(tmp_path):
     write_tiny_dataset(tmp_path)
-    with capture_run() as run:
-        result = run_recbole_llm4sbr("GRU4Rec", "tiny", read_cmd_line=False,
-                                     config_dict=settings(tmp_path, epochs=3, stopping_step=10))
+    result = run_recbole_llm4sbr("GRU4Rec", "tiny", read_cmd_line=False,
+                                 config_dict=settings(tmp_path, epochs=3, stopping_step=10))
+    run = result["built"]
     trainer = run.trainer
+    assert type(trainer).__name__ == "PluginTrainer" and run.model is trainer.model
     # the trainer records its own fit time and the (epoch, seconds since fit start) of each checkpoint
     assert trainer.fit_time_s > 0 and trainer.saves and trainer.saves[0][0] == 0
     assert [e for e, _ in trainer.saves] == sorted(e for e, _ in trainer.saves)
@@ -92,10 +93,9 @@ def test_eval_only_and_resume_a_checkpoint(tmp_path):
                             eval_only=True, checkpoint=ckpt)
     # resume: training continues after the checkpoint's epoch, with the optimizer state it saved
     saved_epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
-    with capture_run() as run:
-        resumed = run_recbole_llm4sbr("GRU4Rec", "tiny", read_cmd_line=False,
-                                      config_dict={**cfg, "epochs": 4}, resume=ckpt)
-    assert run.trainer.start_epoch == saved_epoch + 1
+    resumed = run_recbole_llm4sbr("GRU4Rec", "tiny", read_cmd_line=False,
+                                  config_dict={**cfg, "epochs": 4}, resume=ckpt)
+    assert resumed["built"].trainer.start_epoch == saved_epoch + 1
     assert len(resumed["epoch_times"]) == 4 - (saved_epoch + 1)
     assert resumed["model_file"] == ckpt and resumed["test_result"]
     with pytest.raises(ValueError, match="nothing left to train"):
@@ -150,3 +150,23 @@ def test_eval_only_of_an_llm4sbr_checkpoint(tmp_path, monkeypatch):
     assert again["model"] == "LLM4SBR_GRU4Rec" and again["epoch_times"] == []
     assert dict(again["test_result"]) == pytest.approx(dict(first["test_result"]), abs=1e-6)
     assert again["per_sample"] == first["per_sample"]
+
+
+def test_each_recbole_trainer_has_its_named_plugin_class():
+    from recbole.trainer import S3RecTrainer, Trainer
+    from recbole.utils import ModelType
+
+    from recbole_llm4sbr.quick_start.trainer import (PluginS3RecTrainer, PluginTrainer, PluginTrainerMixin,
+                                                     get_plugin_trainer, plugin_trainer_class)
+
+    assert get_plugin_trainer(ModelType.SEQUENTIAL, "LLM4SBR_SRGNN") is PluginTrainer
+    assert get_plugin_trainer(ModelType.SEQUENTIAL, "GRU4Rec") is PluginTrainer
+    assert get_plugin_trainer(ModelType.SEQUENTIAL, "S3Rec") is PluginS3RecTrainer
+    assert PluginS3RecTrainer.__mro__[1:3] == (PluginTrainerMixin, S3RecTrainer)
+
+    class LaterTrainer(Trainer):  # a trainer class RecBole might add: made once, with the mixin first
+        pass
+
+    made = plugin_trainer_class(LaterTrainer)
+    assert made is plugin_trainer_class(LaterTrainer) and made.__name__ == "PluginLaterTrainer"
+    assert made.__mro__[1:3] == (PluginTrainerMixin, LaterTrainer)

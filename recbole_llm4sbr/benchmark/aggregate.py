@@ -23,6 +23,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from recbole_llm4sbr.benchmark.variants import role_variant
+
+#: the reference of every row (the stock base), found by its role
+STOCK = role_variant("stock")
+
 METRICS = ("recall", "mrr", "ndcg", "hit")
 #: the metrics the headline tables, the bootstrap and the chart use
 HEADLINE_METRICS = ("recall@20", "mrr@20")
@@ -232,7 +237,7 @@ def aggregate(cells: Sequence[dict], bases: Sequence[str], variants: Sequence[st
     groups = group(cells)
     rows = []
     for base in bases:
-        ref = groups.get((base, "base"), {})
+        ref = groups.get((base, STOCK), {})
         for variant in variants:
             by_seed = groups.get((base, variant))
             if not by_seed:
@@ -241,7 +246,7 @@ def aggregate(cells: Sequence[dict], bases: Sequence[str], variants: Sequence[st
             for key in metrics:
                 c = compare(by_seed, ref, key, bootstrap=False)
                 row[key], row[f"{key} std"] = c["mean"], c["std"]
-                if variant != "base":
+                if variant != STOCK:
                     row[f"{key} rel"], row[f"{key} pairs"], row[f"{key} p"] = c["rel"], c["pairs"], c["p"]
             for key, _, _ in EFFICIENCY:
                 mean, std, _ = mean_std([_value(c, key) for c in by_seed.values()])
@@ -256,7 +261,8 @@ def comparisons(cells: Sequence[dict], bases: Sequence[str], variants: Sequence[
                 metrics: Sequence[str] = HEADLINE_METRICS, n_boot: int = N_BOOT,
                 seed: int = BOOT_SEED) -> list[dict]:
     """Headline rows: every variant (but the reference) of each base against ``reference`` of that base
-    (``"base"``: the stock model; ``"arch"``: the wrapper with one constant intent). Bases without
+    (``"base"``, ``variants.role_variant("stock")``: the stock model; ``"arch"``, its ``constant_control``:
+    the wrapper with one constant intent). Bases without
     reference cells give no rows. Row: ``base``, ``variant``, ``reference``, ``seeds``, and per metric
     the dict of :func:`compare` under the metric's name."""
     groups = group(cells)

@@ -9,6 +9,8 @@ import logging
 import textwrap
 from pathlib import Path
 
+from recbole_llm4sbr.benchmark.variants import role_variant
+
 log = logging.getLogger("recbole_llm4sbr.benchmark")
 
 
@@ -42,7 +44,7 @@ def plot_relative_gains(report, path: Path, metrics=("recall@20", "mrr@20")) -> 
                  "(pip install matplotlib, or pip install -e '.[plot]')")
         return None
     metrics = [m for m in metrics if m in report.headline]
-    panels = [(ref, rows) for ref, rows in (("stock base", report.vs_base), ("arch", report.vs_arch)) if rows]
+    panels = [(ref, rows) for ref, rows in (("stock base", report.vs_base), (role_variant("constant_control"), report.vs_arch)) if rows]
     if not panels or not metrics:
         return None
     bases = [b for b in report.bases if any(r["base"] == b for _, rows in panels for r in rows)]

@@ -27,7 +27,7 @@ from recbole_llm4sbr.benchmark.aggregate import (
     metric_names,
     no_harm_verdict,
 )
-from recbole_llm4sbr.benchmark.variants import VARIANTS
+from recbole_llm4sbr.benchmark.variants import VARIANTS, role_variant, role_variants
 from recbole_llm4sbr.model.bases import is_wrapped as is_wrapped_model
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
@@ -36,6 +36,17 @@ log = logging.getLogger("recbole_llm4sbr.benchmark")
 TABLE_METRICS = [f"{m}@{k}" for m in ("recall", "mrr", "ndcg") for k in (5, 10, 20)]
 AT_CAP = "⚠ at cap"
 CHART = "relative_gain.png"
+
+# the reference and the controls, found by role (with the fusion as configured): the names the report
+# compares with and writes
+STOCK = role_variant("stock")  # base
+INTENTS = role_variant("intents")  # llm4sbr: the LLM's intents, the variant the verdict is on
+CONSTANT = role_variant("constant_control")  # arch
+SHUFFLED = role_variant("shuffled_control")  # shuffled
+TEXT = role_variant("text_control")  # text
+PAPER = role_variant("intents", "paper")  # paper: the full model with the paper's fusion
+#: the full model under each fusion (llm4sbr, paper): what "does wrapping cost the base?" compares
+WRAPPED_MODELS = tuple(role_variants("intents"))
 
 
 def pretty_metric(key: str) -> str:
@@ -113,7 +124,7 @@ def is_wrapped(variant: str, cells: Sequence[dict] = ()) -> bool:
     if variant in VARIANTS:
         return VARIANTS[variant].wrapped
     models = [c.get("model") or "" for c in cells if c.get("variant") == variant]
-    return any(is_wrapped_model(m) for m in models) if models else variant != "base"
+    return any(is_wrapped_model(m) for m in models) if models else variant != STOCK
 
 
 def backend_label(intent: dict | None) -> str:
@@ -139,7 +150,7 @@ def backends_by_variant(cells: Sequence[dict]) -> dict[str, str]:
 
 def backend_summary(cells: Sequence[dict]) -> str:
     per = backends_by_variant(cells)
-    wrapped = {v: b for v, b in per.items() if v != "base"}
+    wrapped = {v: b for v, b in per.items() if v != STOCK}
     if not wrapped:
         return "none (stock bases only)"
     labels = list(dict.fromkeys(wrapped.values()))
@@ -179,27 +190,28 @@ def mean_std_of(by_seed: dict, metric: str) -> tuple:
 
 def llm_verdict(vs_base: dict | None, vs_arch: dict | None, vs_shuffled: dict | None,
                 vs_text: dict | None = None) -> str:
-    """The report's rule: a gain is the LLM's only if ``llm4sbr`` beats the stock base and ``arch`` with
-    the bootstrap CI above 0, and beats ``shuffled`` (other sessions' intents) too; and it needs the LLM
-    only if LLM-free ``text`` intents do not match it (without ``text`` cells the verdict says so)."""
+    """The report's rule: a gain is the LLM's only if ``llm4sbr`` (``INTENTS``) beats the stock base and
+    ``arch`` (``CONSTANT``) with the bootstrap CI above 0, and beats ``shuffled`` (other sessions'
+    intents) too; and it needs the LLM only if LLM-free ``text`` intents do not match it (without
+    ``text`` cells the verdict says so)."""
     def lo(c):
         return c["boot"]["lo"] if c and c.get("boot") else None
 
-    for name, c in (("base", vs_base), ("arch", vs_arch), ("shuffled", vs_shuffled)):
+    for name, c in ((STOCK, vs_base), (CONSTANT, vs_arch), (SHUFFLED, vs_shuffled)):
         if c is None:
             return f"open: no `{name}` cells"
         if lo(c) is None:
             return f"n/a: no bootstrap vs `{name}`"
         if lo(c) <= 0:
-            return {"base": "no: not above the stock base",
-                    "arch": "no: not above `arch` (the wrapper, not the intents)",
-                    "shuffled": "no: `shuffled` intents do as well"}[name]
+            return {STOCK: "no: not above the stock base",
+                    CONSTANT: f"no: not above `{CONSTANT}` (the wrapper, not the intents)",
+                    SHUFFLED: f"no: `{SHUFFLED}` intents do as well"}[name]
     if vs_text is None:
-        return "yes over the controls; no `text` cells: whether it needs the LLM is open"
+        return f"yes over the controls; no `{TEXT}` cells: whether it needs the LLM is open"
     if lo(vs_text) is None:
-        return "yes over the controls; n/a: no bootstrap vs `text`"
+        return f"yes over the controls; n/a: no bootstrap vs `{TEXT}`"
     if lo(vs_text) <= 0:
-        return "no LLM needed: the intents help, but LLM-free `text` intents do as well"
+        return f"no LLM needed: the intents help, but LLM-free `{TEXT}` intents do as well"
     return "yes"
 
 
@@ -214,9 +226,9 @@ class Report:
         self.rows = aggregate(self.cells, self.bases, self.variants, self.metrics)
         self.backend = backend_summary(self.cells)
         self.groups = group(self.cells)
-        self.vs_base = comparisons(self.cells, self.bases, self.variants, "base", self.headline)
-        intent_variants = [v for v in self.variants if v not in ("base", "arch") and is_wrapped(v, self.cells)]
-        self.vs_arch = comparisons(self.cells, self.bases, intent_variants, "arch", self.headline)
+        self.vs_base = comparisons(self.cells, self.bases, self.variants, STOCK, self.headline)
+        intent_variants = [v for v in self.variants if v not in (STOCK, CONSTANT) and is_wrapped(v, self.cells)]
+        self.vs_arch = comparisons(self.cells, self.bases, intent_variants, CONSTANT, self.headline)
         self.chart_note = ""  # set by write(): why the chart is old or missing
 
     # -- labels ----------------------------------------------------------------------------------------
@@ -306,7 +318,7 @@ class Report:
         lines += self.stage1_markdown()
         lines += ["## Relative gains chart", ""]
         if png:
-            lines += [f"![relative change vs base and vs arch]({png})", ""]
+            lines += [f"![relative change vs {STOCK} and vs {CONSTANT}]({png})", ""]
             if self.chart_note:
                 lines += [self.chart_note, ""]
             lines += [self.caption(), ""]
@@ -315,15 +327,15 @@ class Report:
         return "\n".join(lines).rstrip() + "\n"
 
     def user_markdown(self) -> list[str]:
-        """What a user asks first: does wrapping cost my base (``llm4sbr`` and ``paper`` against the
+        """What a user asks first: does wrapping cost my base (``WRAPPED_MODELS``: ``llm4sbr`` and ``paper`` against the
         stock base), and does the best wrapped model beat the best stock model (both picked on the
         validation split, then compared on test)."""
-        wrapped = [v for v in ("llm4sbr", "paper") if any((b, v) in self.groups for b in self.bases)]
+        wrapped = [v for v in WRAPPED_MODELS if any((b, v) in self.groups for b in self.bases)]
         if not wrapped or not self.headline:
             return []
         lines = ["## Does wrapping cost the base? Does the best wrapped model beat the best stock model?", "",
-                 ("`llm4sbr`: the default fusion (`fusion: residual`: the base's own session vector plus an intent "
-                  "term that starts at zero); `paper`: the paper's gated fusion, which replaces the base's vector. "
+                 (f"`{INTENTS}`: the default fusion (`fusion: residual`: the base's own session vector plus an "
+                  f"intent term that starts at zero); `{PAPER}`: the paper's gated fusion, which replaces the base's vector. "
                   "Verdict per metric: gains (bootstrap 95 % CI of the difference above 0), holds (mean at least the "
                   "stock base's, CI not wholly below 0), below (mean under it, CI across 0), costs (CI wholly below 0)."),
                  ""]
@@ -333,10 +345,10 @@ class Report:
                 head += [f"{v} {pretty_metric(m)}", f"{v} − stock [95 % CI]", "verdict"]
         lines += [self._row(head), self._row(["---", "---:"] + ["---:"] * (len(head) - 2))]
         for base in self.bases:
-            ref = self.groups.get((base, "base"))
+            ref = self.groups.get((base, STOCK))
             if not ref or not any((base, v) in self.groups for v in wrapped):
                 continue
-            seeds = "/".join(str(len(self.groups.get((base, v), {}))) for v in ["base", *wrapped])
+            seeds = "/".join(str(len(self.groups.get((base, v), {}))) for v in [STOCK, *wrapped])
             cols = [base, seeds]
             cols += [fmt_mean_std(*mean_std_of(ref, m)) for m in self.headline]
             for v in wrapped:
@@ -349,17 +361,17 @@ class Report:
                     cols += [fmt_mean_std(c["mean"], c["std"]), fmt_ci(c.get("boot")), no_harm_verdict(c)]
             lines.append(self._row(cols))
         lines += ["", self.caption(), ""]
-        stock = best_by_validation(self.cells, "base", self.bases)
-        best = best_by_validation(self.cells, "llm4sbr", self.bases)
+        stock = best_by_validation(self.cells, STOCK, self.bases)
+        best = best_by_validation(self.cells, INTENTS, self.bases)
         if stock and best:
             lines += ["### The best wrapped model against the best stock model", "",
                       (f"Each picked by its mean validation score over seeds (`valid_metric`), never by test: best "
-                       f"stock model **{stock}**, best wrapped model **LLM4SBR_{best}** (`llm4sbr`). Their test "
+                       f"stock model **{stock}**, best wrapped model **LLM4SBR_{best}** (`{INTENTS}`). Their test "
                        "difference, paired over the seeds both have:"), "",
                       self._row(["metric", f"stock {stock}", f"LLM4SBR_{best}", "difference [95 % CI]", "t p", "boot p"]),
                       self._row(["---"] + ["---:"] * 5)]
             for m in self.headline:
-                c = compare(self.groups[(best, "llm4sbr")], self.groups[(stock, "base")], m)
+                c = compare(self.groups[(best, INTENTS)], self.groups[(stock, STOCK)], m)
                 boot = c.get("boot")
                 lines.append(self._row([pretty_metric(m), fmt_mean_std(c["ref mean"], c["ref std"]),
                                         fmt_mean_std(c["mean"], c["std"]), fmt_ci(boot), fmt_p(c["p"]),
@@ -372,14 +384,14 @@ class Report:
         lines += [
             "## Is it the LLM?", "",
             "### How to read this", "",
-            ("`base` is the stock RecBole model, trained with the same protocol as the wrapped ones; `arch` is "
-             "the same LLM4SBR wrapper fed one constant intent vector for every session (what the architecture "
-             "alone buys); `shuffled` feeds each session the intents of another session (a fixed permutation of "
-             "the table's rows); `text` feeds LLM-free text intents (the prefix's own item names); `llm4sbr` "
-             "feeds the LLM's intents. A gain is credited to the LLM only if `llm4sbr` beats both `base` and "
-             "`arch` with the bootstrap 95 % CI of the difference above 0, and `shuffled` does not match it "
-             "(`llm4sbr` vs `shuffled` CI above 0 too). If `text` does as well as `llm4sbr` (its CI not above 0), "
-             "the gain needs no LLM: the verdict says so."),
+            (f"`{STOCK}` is the stock RecBole model, trained with the same protocol as the wrapped ones; "
+             f"`{CONSTANT}` is the same LLM4SBR wrapper fed one constant intent vector for every session (what the "
+             f"architecture alone buys); `{SHUFFLED}` feeds each session the intents of another session (a fixed "
+             f"permutation of the table's rows); `{TEXT}` feeds LLM-free text intents (the prefix's own item "
+             f"names); `{INTENTS}` feeds the LLM's intents. A gain is credited to the LLM only if `{INTENTS}` beats "
+             f"both `{STOCK}` and `{CONSTANT}` with the bootstrap 95 % CI of the difference above 0, and "
+             f"`{SHUFFLED}` does not match it (`{INTENTS}` vs `{SHUFFLED}` CI above 0 too). If `{TEXT}` does as "
+             f"well as `{INTENTS}` (its CI not above 0), the gain needs no LLM: the verdict says so."),
             "",
             ("Columns: mean ± std over seeds; Δ: relative change of the means; t p: two-sided paired t-test over "
              "seeds (2 degrees of freedom with 3 seeds: a rough guide); bootstrap: observed difference of the "
@@ -390,13 +402,13 @@ class Report:
             "",
         ]
         lines += ["### Every variant vs the stock base", ""]
-        lines += self.comparison_table(self.vs_base, "base")
-        lines += ["### Intent variants vs `arch` (the wrapper with a constant intent)", ""]
+        lines += self.comparison_table(self.vs_base, STOCK)
+        lines += [f"### Intent variants vs `{CONSTANT}` (the wrapper with a constant intent)", ""]
         if self.vs_arch:
-            lines += self.comparison_table(self.vs_arch, "arch")
+            lines += self.comparison_table(self.vs_arch, CONSTANT)
         else:
-            lines += [("No `arch` cells: without them a gain cannot be told apart from the wrapper's architecture "
-                      "(run `--variants=arch,...`)."), ""]
+            lines += [(f"No `{CONSTANT}` cells: without them a gain cannot be told apart from the wrapper's "
+                       f"architecture (run `--variants={CONSTANT},...`)."), ""]
         lines += self.verdict_markdown()
         return lines
 
@@ -444,27 +456,25 @@ class Report:
         return lines + [self.caption(), ""]
 
     def verdict_markdown(self) -> list[str]:
-        bases = [b for b in self.bases if (b, "llm4sbr") in self.groups]
+        bases = [b for b in self.bases if (b, INTENTS) in self.groups]
         if not bases or not self.headline:
             return []
-        lines = ["### Verdict per base (the rule above, on `llm4sbr`)", "",
-                 self._row(["base", "metric", "vs base", "vs arch", "vs shuffled", "vs text", "credited to the LLM"]),
+        others = (STOCK, CONSTANT, SHUFFLED, TEXT)
+        lines = [f"### Verdict per base (the rule above, on `{INTENTS}`)", "",
+                 self._row(["base", "metric", *[f"vs {o}" for o in others], "credited to the LLM"]),
                  self._row(["---"] * 7)]
         for base in bases:
-            mine = self.groups[(base, "llm4sbr")]
+            mine = self.groups[(base, INTENTS)]
             for m in self.headline:
                 found = {}
-                for other in ("base", "arch", "shuffled", "text"):
+                for other in others:
                     ref = self.groups.get((base, other))
-                    done = next((r for r in (self.vs_base if other == "base" else self.vs_arch if other == "arch"
-                                             else []) if r["base"] == base and r["variant"] == "llm4sbr"), None)
+                    done = next((r for r in (self.vs_base if other == STOCK else self.vs_arch if other == CONSTANT
+                                             else []) if r["base"] == base and r["variant"] == INTENTS), None)
                     found[other] = done[m] if done else compare(mine, ref, m) if ref else None
-                cis = [fmt_ci((found[o] or {}).get("boot")) if found[o] else "no cells"
-                       for o in ("base", "arch", "shuffled", "text")]
-                lines.append(self._row([base, pretty_metric(m), *cis,
-                                        llm_verdict(found["base"], found["arch"], found["shuffled"],
-                                                    found["text"])]))
-        return [*lines, "", "Cells: bootstrap Δ of `llm4sbr` minus that variant [95 % CI].", "", self.caption(), ""]
+                cis = [fmt_ci((found[o] or {}).get("boot")) if found[o] else "no cells" for o in others]
+                lines.append(self._row([base, pretty_metric(m), *cis, llm_verdict(*(found[o] for o in others))]))
+        return [*lines, "", f"Cells: bootstrap Δ of `{INTENTS}` minus that variant [95 % CI].", "", self.caption(), ""]
 
     def cells_markdown(self) -> list[str]:
         lines = ["## Cells: protocol, setting, epochs", "",
@@ -533,7 +543,7 @@ class Report:
         head = ["base", "variant", "pairs"] + [pretty_metric(m) for m in table_metrics]
         lines += [self._row(head), self._row(["---"] * 2 + ["---:"] * (len(head) - 2))]
         for r in self.rows:
-            if r["variant"] == "base":
+            if r["variant"] == STOCK:
                 continue
             pairs = r.get(f"{table_metrics[0]} pairs", 0) if table_metrics else 0
             lines.append(self._row([r["base"], r["variant"], str(pairs)]
@@ -634,7 +644,7 @@ class Report:
                 row[f"{m} rel %"] = r.get(f"{m} rel")
                 row[f"{m} p"] = r.get(f"{m} p")
                 row[f"{m} pairs"] = r.get(f"{m} pairs")
-            for reference, rows in (("base", self.vs_base), ("arch", self.vs_arch)):
+            for reference, rows in ((STOCK, self.vs_base), (CONSTANT, self.vs_arch)):
                 found = next((x for x in rows if x["base"] == r["base"] and x["variant"] == r["variant"]), None)
                 for m in self.headline:
                     c = found[m] if found else {}

@@ -1,9 +1,11 @@
 """The benchmark's variants: stock base, full LLM4SBR, attribution controls and the paper's ablations,
 each a config delta.
 
-A variant is ``(wrapped, overrides, label)``: ``wrapped`` says whether the cell trains
+A variant is ``(wrapped, overrides, label, role)``: ``wrapped`` says whether the cell trains
 ``LLM4SBR_<Base>`` or the stock ``<Base>``; ``overrides`` are config keys laid over the user's own
-``--key=value`` (the variant wins: ``text`` stays LLM-free whatever ``--intent_backend`` says).
+``--key=value`` (the variant wins: ``text`` stays LLM-free whatever ``--intent_backend`` says);
+``role`` (``ROLES``) is what the variant is for: the report finds its reference and controls by role
+and fusion (``role_variant``), never by name.
 ``fusion`` (the model's default is ``residual``: the base's own vector plus a zero-started intent term)
 enters every wrapped cell's digest; ``paper`` and ``paper_*`` train the paper's fusion, and every
 ablation and investigation variant pins it (that is the fusion they were measured with).
@@ -25,9 +27,13 @@ with ``--tune=reuse`` (one run per seed, the setting chosen for ``llm4sbr``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-from recbole_llm4sbr.model.bases import base_of, wrapped_name
+
+#: what a variant is for (``Variant.role``): the stock base; the full model (``intents``: the LLM's
+#: intents, one per fusion); the attribution controls, each with the intents of the full model swapped
+#: for a constant, another session's, or LLM-free text intents; the paper's ablations; investigations
+ROLES = ("stock", "intents", "constant_control", "shuffled_control", "text_control", "ablation", "investigation")
 
 
 @dataclass(frozen=True)
@@ -36,63 +42,90 @@ class Variant:
     wrapped: bool
     label: str
     overrides: Dict[str, object] = field(default_factory=dict)
+    role: str = field(kw_only=True)  # one of ROLES: how the report reads its cells
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"variant {self.name}: role {self.role!r} is not one of {', '.join(ROLES)}")
 
     def model(self, base: str) -> str:
+        from recbole_llm4sbr.model.bases import wrapped_name  # RecBole: not at import (aggregate reads roles)
+
         return wrapped_name(base) if self.wrapped else base
+
+    @property
+    def fusion(self) -> Optional[str]:
+        """The fusion the variant pins, None: the model's default (``residual``) or the user's ``--fusion``."""
+        value = self.overrides.get("fusion")
+        return None if value is None else str(value)
 
 
 VARIANTS: Dict[str, Variant] = {v.name: v for v in [
-    Variant("base", False, "without LLM (stock base)"),
-    Variant("llm4sbr", True, "LLM4SBR (intent backend as configured)"),
-    Variant("text", True, "LLM-free text intents", {"intent_backend": "text"}),
-    Variant("arch", True, "architecture only (one constant intent)", {"intent_control": "constant"}),
+    Variant("base", False, "without LLM (stock base)", role="stock"),
+    Variant("llm4sbr", True, "LLM4SBR (intent backend as configured)", role="intents"),
+    Variant("text", True, "LLM-free text intents", {"intent_backend": "text"}, role="text_control"),
+    Variant("arch", True, "architecture only (one constant intent)", {"intent_control": "constant"}, role="constant_control"),
     Variant("shuffled", True, "shuffled intents (a fixed permutation of the table rows)",
-            {"intent_control": "shuffled"}),
+            {"intent_control": "shuffled"}, role="shuffled_control"),
     # the paper's fusion (H_sess replaces the base's vector) and its controls; every variant below
     # them is an ablation or investigation of the paper's fusion and pins it
     Variant("paper", True, "LLM4SBR with the paper's fusion (gated views replace the base's vector)",
-            {"fusion": "paper"}),
+            {"fusion": "paper"}, role="intents"),
     Variant("paper_arch", True, "the paper's fusion, one constant intent",
-            {"fusion": "paper", "intent_control": "constant"}),
+            {"fusion": "paper", "intent_control": "constant"}, role="constant_control"),
     Variant("paper_shuffled", True, "the paper's fusion, shuffled intents",
-            {"fusion": "paper", "intent_control": "shuffled"}),
+            {"fusion": "paper", "intent_control": "shuffled"}, role="shuffled_control"),
     Variant("paper_text", True, "the paper's fusion, LLM-free text intents",
-            {"fusion": "paper", "intent_backend": "text"}),
+            {"fusion": "paper", "intent_backend": "text"}, role="text_control"),
     Variant("swapped", True, "views paired the other way (long-term intent with the local view)",
-            {"fusion": "paper", "view_behaviour": {"long": "local", "short": "global"}}),
-    Variant("no_au", True, "without alignment-uniformity", {"fusion": "paper", "au_weight": 0.0}),
-    Variant("no_long", True, "without the long-term view", {"fusion": "paper", "llm4sbr_views": ["short"]}),
-    Variant("no_short", True, "without the short-term view", {"fusion": "paper", "llm4sbr_views": ["long"]}),
-    Variant("no_loc", True, "without intent localization", {"fusion": "paper", "intent_localization": False}),
-    Variant("r0", True, "r = 0 (answer embedding, no retrieval)", {"fusion": "paper", "intent_topr": 0}),
-    Variant("r1", True, "r = 1", {"fusion": "paper", "intent_topr": 1}),
-    Variant("r3", True, "r = 3", {"fusion": "paper", "intent_topr": 3}),
-    Variant("r5", True, "r = 5", {"fusion": "paper", "intent_topr": 5}),
+            {"fusion": "paper", "view_behaviour": {"long": "local", "short": "global"}}, role="ablation"),
+    Variant("no_au", True, "without alignment-uniformity", {"fusion": "paper", "au_weight": 0.0}, role="ablation"),
+    Variant("no_long", True, "without the long-term view", {"fusion": "paper", "llm4sbr_views": ["short"]}, role="ablation"),
+    Variant("no_short", True, "without the short-term view", {"fusion": "paper", "llm4sbr_views": ["long"]}, role="ablation"),
+    Variant("no_loc", True, "without intent localization", {"fusion": "paper", "intent_localization": False}, role="ablation"),
+    Variant("r0", True, "r = 0 (answer embedding, no retrieval)", {"fusion": "paper", "intent_topr": 0}, role="ablation"),
+    Variant("r1", True, "r = 1", {"fusion": "paper", "intent_topr": 1}, role="ablation"),
+    Variant("r3", True, "r = 3", {"fusion": "paper", "intent_topr": 3}, role="ablation"),
+    Variant("r5", True, "r = 5", {"fusion": "paper", "intent_topr": 5}, role="ablation"),
     Variant("train_only", True, "intents in training only (EIMF's use: no intent read at prediction)",
-            {"fusion": "paper", "semantic_at_inference": False}),
+            {"fusion": "paper", "semantic_at_inference": False}, role="investigation"),
     Variant("eimf", True, "EIMF's semantic prediction + modality alignment (eimf_weight 0.1)",
-            {"fusion": "paper", "eimf_weight": 0.1}),
+            {"fusion": "paper", "eimf_weight": 0.1}, role="investigation"),
     Variant("train_only_eimf", True, "training-only intents with EIMF's losses",
-            {"fusion": "paper", "semantic_at_inference": False, "eimf_weight": 0.1}),
-    Variant("drop30", True, "intent dropout 0.3 (training)", {"fusion": "paper", "intent_dropout": 0.3}),
-    Variant("au_hi", True, "alignment-uniformity weight 0.5", {"fusion": "paper", "au_weight": 0.5}),
-    Variant("au_lo", True, "alignment-uniformity weight 0.02", {"fusion": "paper", "au_weight": 0.02}),
+            {"fusion": "paper", "semantic_at_inference": False, "eimf_weight": 0.1}, role="investigation"),
+    Variant("drop30", True, "intent dropout 0.3 (training)", {"fusion": "paper", "intent_dropout": 0.3}, role="investigation"),
+    Variant("au_hi", True, "alignment-uniformity weight 0.5", {"fusion": "paper", "au_weight": 0.5}, role="investigation"),
+    Variant("au_lo", True, "alignment-uniformity weight 0.02", {"fusion": "paper", "au_weight": 0.02}, role="investigation"),
     # au_hi's controls: the same weight with a constant, another session's, or LLM-free intent
     Variant("arch_au_hi", True, "one constant intent, alignment-uniformity weight 0.5",
-            {"fusion": "paper", "intent_control": "constant", "au_weight": 0.5}),
+            {"fusion": "paper", "intent_control": "constant", "au_weight": 0.5}, role="investigation"),
     Variant("shuffled_au_hi", True, "shuffled intents, alignment-uniformity weight 0.5",
-            {"fusion": "paper", "intent_control": "shuffled", "au_weight": 0.5}),
+            {"fusion": "paper", "intent_control": "shuffled", "au_weight": 0.5}, role="investigation"),
     Variant("text_au_hi", True, "LLM-free text intents, alignment-uniformity weight 0.5",
-            {"fusion": "paper", "intent_backend": "text", "au_weight": 0.5}),
+            {"fusion": "paper", "intent_backend": "text", "au_weight": 0.5}, role="investigation"),
     Variant("short3", True, "short view prompted with the last 3 items only (views differ by construction)",
-            {"fusion": "paper", "intent_short_items": 3}),
+            {"fusion": "paper", "intent_short_items": 3}, role="investigation"),
     Variant("all", True, "every prefix asked (intent_samples: all), not typical samples' exemplars",
-            {"fusion": "paper", "intent_samples": "all"}),
+            {"fusion": "paper", "intent_samples": "all"}, role="investigation"),
     Variant("hidden", True, "the LLM's last-layer state of each prompt as the intent (no generated text)",
-            {"fusion": "paper", "intent_representation": "hidden"}),
+            {"fusion": "paper", "intent_representation": "hidden"}, role="investigation"),
     Variant("titles", True, "answers decoded under a constraint to catalogue titles (at most 3 per answer)",
-            {"fusion": "paper", "intent_decoding": "titles"}),
+            {"fusion": "paper", "intent_decoding": "titles"}, role="investigation"),
 ]}
+
+def role_variant(role: str, fusion: Optional[str] = None) -> str:
+    """The one variant with ``role`` and ``fusion`` (None: the fusion as configured): how the report
+    finds its reference (``stock``: ``base``) and controls (``constant_control``: ``arch``, ...)."""
+    names = [name for name in role_variants(role) if VARIANTS[name].fusion == fusion]
+    if len(names) != 1:
+        raise LookupError(f"{len(names)} variants with role {role} and fusion {fusion}: {names}")
+    return names[0]
+
+
+def role_variants(role: str) -> List[str]:
+    """The variants with ``role``, in ``VARIANTS``' order (``intents``: ``llm4sbr``, ``paper``)."""
+    return [v.name for v in VARIANTS.values() if v.role == role]
+
 
 ALIASES = {"full": "llm4sbr", "no_llm": "base", "no_localization": "no_loc", "no_alignment": "no_au"}
 
@@ -137,6 +170,8 @@ def parse_seeds(text, first: int = 2020) -> List[int]:
 
 
 def parse_bases(text) -> List[str]:
+    from recbole_llm4sbr.model.bases import base_of
+
     names = text if isinstance(text, (list, tuple)) else str(text or "").replace(" ", ",").split(",")
     out: List[str] = []
     for name in names:

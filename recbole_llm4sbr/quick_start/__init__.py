@@ -2,9 +2,9 @@
 package, as ``python run_recbole_llm4sbr.py --help`` does through the command line's module, must
 not import torch and RecBole (seconds) before the help or a config error is printed."""
 
-__all__ = ["run_recbole_llm4sbr", "make_config", "build", "capture_run", "RunCapture", "objective_function"]
+__all__ = ["run_recbole_llm4sbr", "make_config", "build", "BuiltRun", "objective_function"]
 
-_LAZY = ("RunCapture", "build", "capture_run", "make_config", "run_recbole_llm4sbr")
+_LAZY = ("BuiltRun", "build", "make_config", "run_recbole_llm4sbr")
 
 
 def __getattr__(name):
