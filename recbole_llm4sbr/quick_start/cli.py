@@ -19,6 +19,7 @@ clear line (exit 2), not a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -35,6 +36,15 @@ def split_overrides(rest: Sequence[str]) -> Dict[str, str]:
         else:
             raise ConfigError(f"unexpected argument '{arg}'. Fix: config overrides are written --key=value")
     return out
+
+
+def check_checkpoint_files(args) -> None:
+    """The checkpoint a run reads (``--checkpoint`` with ``--eval_only``, or ``--resume``) must be a file:
+    a missing one is one line naming it, before any data is read."""
+    path = args.checkpoint if args.eval_only else args.resume
+    if path and not (args.eval_only and args.resume) and not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path} not found. Fix: pass a .pth file the trainer saved "
+                          "(saved/<model>-<time>.pth, or the path the log printed after 'Saving current')")
 
 
 def parse(argv=None):
@@ -59,6 +69,7 @@ def _main(argv: List[str]) -> int:
     overrides = split_overrides(rest)
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     check_config_files(files)  # a syntax error: file, line and column, before any data or checkpoint is read
+    check_checkpoint_files(args)
     from recbole_llm4sbr.quick_start.quick_start import DEFAULT_DATASET, run_recbole_llm4sbr
 
     model, dataset = args.model, args.dataset
