@@ -204,11 +204,6 @@ RULES: Dict[str, Rule] = {
     "semantic_at_inference": flag(),
     "text_target_weight": real(0, example="0.1"),
     "eimf_weight": real(0, example="0.1"),
-    # retired: it named the behaviour-side loss (now text_target_weight); refused above 0 so that an old
-    # config is not silently read as EIMF's loss (eimf_weight) or dropped
-    "semantic_pred_weight": Rule(lambda v: _number(v, float) == 0.0,
-                                 "0: the key is retired. Its behaviour-side loss is now text_target_weight and "
-                                 "EIMF's LLM-side loss is eimf_weight; set one of those instead", "0"),
     "intent_control": choice("none", "constant", "shuffled"),
     "intent_shuffle_seed": integer(0, example="0"),
     "intent_dropout": Rule(real(0, 1).check, "a probability in [0, 1]", "0.0"),
