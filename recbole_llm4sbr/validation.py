@@ -223,8 +223,9 @@ def refuse(key: str, value: Any, allowed: str, example: str) -> ConfigError:
                        f"Fix: --{key}={example} or the same in your yaml file.")
 
 
-def choice(settings, key: str, choices, default: str) -> str:
-    """A key whose value is one of ``choices`` (lower-cased; ``default`` when unset), else ``refuse``."""
+def choose(settings, key: str, choices, default: str) -> str:
+    """The value of ``key`` in ``settings``, one of ``choices`` (lower-cased; ``default`` when unset), else
+    ``refuse``. (``choice`` above is the ``Rule`` of such a key in ``RULES``.)"""
     value = settings.get(key)
     name = default if value is None else str(value).strip().lower()
     if name not in choices:
