@@ -166,9 +166,11 @@ def pandas_below_3() -> None:
     """
     import pandas as pd
 
+    from recbole_llm4sbr.errors import MissingDependencyError
+
     major = int(pd.__version__.split(".")[0])
     if major >= 3:
-        raise ImportError(
+        raise MissingDependencyError(
             f"recbole_llm4sbr: pandas {pd.__version__} is installed, but RecBole 1.2.1 silently "
             "mis-reads data with pandas 3. Fix: pip install 'pandas>=2.2,<3'"
         )

@@ -14,7 +14,7 @@ import os
 import recbole
 from recbole.config import Config as RecBoleConfig
 
-from recbole_llm4sbr.errors import check_config_files
+from recbole_llm4sbr.errors import ConfigError, check_config_files
 from recbole_llm4sbr.intent.backends import check_backend_name
 from recbole_llm4sbr.known_keys import warn_unknown
 from recbole_llm4sbr.paths import default_data_path, properties_dir
@@ -53,7 +53,7 @@ class Config(RecBoleConfig):
         if model is None:
             model = self.external_config_dict.get("model")
             if model is None:
-                raise KeyError("No model given. Fix: pass --model=<name>, e.g. --model=LLM4SBR_SRGNN")
+                raise ConfigError("No model given. Fix: pass --model=<name>, e.g. --model=LLM4SBR_SRGNN")
         return super()._get_model_and_dataset(get_model(model), dataset)
 
     def _load_internal_config_dict(self, model, model_class, dataset):

@@ -1,10 +1,11 @@
 """User errors, and the one handler the four command lines (run, benchmark, serve, intent) share.
 
-A user error is an exception whose message names the bad input and the fix. A command line prints
-it as ONE line on stderr, ``error: <message> (rerun with --debug for the traceback)``, and exits 2;
-``--debug`` in that command's own argv (or ``LLM4SBR_DEBUG=1``) re-raises instead. Anything else is a
-bug and keeps its traceback. No RecBole import: stage 1's command line runs in an LLM-only
-environment.
+A user error is an ``LLM4SBRError`` (or a subclass: ``ConfigError``, ``MissingDependencyError``,
+``MissingFileError``, stage 1's ``IntentError``, ...) whose message names the bad input and the fix. A
+command line prints it as ONE line on stderr, ``error: <message> (rerun with --debug for the
+traceback)``, and exits 2; ``--debug`` in that command's own argv (or ``LLM4SBR_DEBUG=1``) re-raises
+instead. Anything else, a plain ``ValueError`` included, is a bug and keeps its traceback. No
+RecBole import: stage 1's command line runs in an LLM-only environment.
 
 Two readers every command shares, so a bad file reads the same wherever it is met: ``read_yaml_file``
 (a config file; a syntax error names file, line and column) and ``utf8_error`` (the first line of a
@@ -26,6 +27,17 @@ class LLM4SBRError(ValueError):
 
 class ConfigError(LLM4SBRError):
     """A config key with a wrong type or value (``recbole_llm4sbr.validation``)."""
+
+
+class MissingDependencyError(LLM4SBRError, ImportError):
+    """An optional package the chosen feature needs is not installed (or not a version that works);
+    the message names the ``pip install`` line. Also an ``ImportError``, for code that tries an
+    import and falls back."""
+
+
+class MissingFileError(LLM4SBRError, FileNotFoundError):
+    """A file or folder the user named (or a command's earlier step should have written) is not
+    there; the message names it and how to make it. Also a ``FileNotFoundError``."""
 
 
 #: the fix of a file that is not UTF-8
@@ -109,12 +121,14 @@ def check_config_files(paths: Optional[Sequence[str]], error: Type[LLM4SBRError]
         read_yaml_file(path, error=error)
 
 
-#: what a command line reports as one line instead of a traceback
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ImportError)
+#: what a command line reports as one line instead of a traceback: the plugin's own errors only. A
+#: plain ``ValueError``/``KeyError``/``FileNotFoundError`` from inside the code (or a library) is a bug
+#: and keeps its traceback.
+USER_ERRORS = (LLM4SBRError,)
 
 
 def one_line(err: BaseException) -> str:
-    """The error's message on one line (``KeyError`` without its quotes)."""
+    """The error's message on one line (a ``KeyError``'s without its quotes)."""
     text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
     return " ".join(str(text).split()) or type(err).__name__
 

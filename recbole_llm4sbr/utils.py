@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.model.bases import PREFIX, base_of, find_recbole_model, is_sequential, wrapped_name
 from recbole_llm4sbr.model.wrapper import llm4sbr_class
 
@@ -23,7 +24,7 @@ def get_model(name):
         return llm4sbr_class(base)
     model = find_recbole_model(name)
     if model is None:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown model '{name}': it is neither a RecBole 1.2.1 model nor {wrapped_name('<Base>')}. "
             f"Fix: pass --model=<RecBole model name> (e.g. SRGNN) or --model={wrapped_name('<Base>')} "
             f"(e.g. {wrapped_name('SRGNN')})."

@@ -204,11 +204,6 @@ RULES: Dict[str, Rule] = {
     "semantic_at_inference": flag(),
     "text_target_weight": real(0, example="0.1"),
     "eimf_weight": real(0, example="0.1"),
-    # retired: it named the behaviour-side loss (now text_target_weight); refused above 0 so that an old
-    # config is not silently read as EIMF's loss (eimf_weight) or dropped
-    "semantic_pred_weight": Rule(lambda v: _number(v, float) == 0.0,
-                                 "0: the key is retired. Its behaviour-side loss is now text_target_weight and "
-                                 "EIMF's LLM-side loss is eimf_weight; set one of those instead", "0"),
     "intent_control": choice("none", "constant", "shuffled"),
     "intent_shuffle_seed": integer(0, example="0"),
     "intent_dropout": Rule(real(0, 1).check, "a probability in [0, 1]", "0.0"),
@@ -228,8 +223,9 @@ def refuse(key: str, value: Any, allowed: str, example: str) -> ConfigError:
                        f"Fix: --{key}={example} or the same in your yaml file.")
 
 
-def choice(settings, key: str, choices, default: str) -> str:
-    """A key whose value is one of ``choices`` (lower-cased; ``default`` when unset), else ``refuse``."""
+def choose(settings, key: str, choices, default: str) -> str:
+    """The value of ``key`` in ``settings``, one of ``choices`` (lower-cased; ``default`` when unset), else
+    ``refuse``. (``choice`` above is the ``Rule`` of such a key in ``RULES``.)"""
     value = settings.get(key)
     name = default if value is None else str(value).strip().lower()
     if name not in choices:

@@ -55,9 +55,10 @@ WRONG = {
     "vllm_prompts_per_call": ["x", 0], "openai_concurrency": ["x", 0], "openai_timeout": ["x", 0],
     "openai_max_retries": ["x", -1], "load_intent": ["maybe", 2], "llm4sbr_views": ["long", []],
     "view_behaviour": [{"long": "both"}, "global"], "au_weight": ["x", -0.1], "intent_localization": ["maybe", 2],
-    "semantic_at_inference": ["maybe", 2], "semantic_pred_weight": ["x", -1, 0.5],
+    "semantic_at_inference": ["maybe", 2],
     "text_target_weight": ["x", -1], "eimf_weight": ["x", -1], "intent_control": ["random", 1],
     "intent_shuffle_seed": ["x", 0.5], "intent_dropout": ["x", -0.1, 1.5],
+    "fusion": ["gated", 1], "intent_strength": ["x", -1],
 }
 
 

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.model.semantic import ALIGN_WEIGHTS, EIMFSemantic, info_nce
-from recbole_llm4sbr.validation import validate
 from tinydata import build_tiny_model, use_synthetic_intents
 
 
@@ -137,9 +135,3 @@ def test_eimf_on_other_bases(tiny):
         model.train()
         terms = model.calculate_loss(next(iter(train)))
         assert len(terms) == 4 and all(torch.isfinite(t) for t in terms)
-
-
-def test_retired_semantic_pred_weight_is_refused_with_both_new_names():
-    validate({"semantic_pred_weight": 0.0})  # old checkpoints' configs carry 0
-    with pytest.raises(ConfigError, match="text_target_weight.*eimf_weight"):
-        validate({"semantic_pred_weight": 0.1})

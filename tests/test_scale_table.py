@@ -148,6 +148,11 @@ def mapped_tiny(tmp_path, monkeypatch):
     return tmp_path
 
 
+def dense(mapped):
+    """Every key's intents ``[n_keys, V, d]`` of a ``MappedIntents`` (what the in-memory buffer holds)."""
+    return mapped.gather(torch.arange(len(mapped.rows)))
+
+
 def build_model(root, **overrides):
     return build_tiny_batch(root, **overrides)
 
@@ -163,9 +168,9 @@ def test_the_mapped_table_gives_the_same_model_as_the_copied_one(mapped_tiny, co
     names = set(mapped.state_dict()) | {n for n, b in mapped.named_buffers() if b is not None}
     assert not any(n.startswith("intent_vectors") for n in names)
     if control == "constant":  # the mapped mean is summed in float64 blocks
-        torch.testing.assert_close(mapped._mapped_intents.dense(), copied.intent_vectors)
+        torch.testing.assert_close(dense(mapped._mapped_intents), copied.intent_vectors)
     else:
-        assert torch.equal(mapped._mapped_intents.dense(), copied.intent_vectors)
+        assert torch.equal(dense(mapped._mapped_intents), copied.intent_vectors)
     if control == "constant":
         torch.testing.assert_close(mapped.intent_constant, copied.intent_constant)
     else:  # only the constant control and intent dropout read the constant: no pass over the mapped rows
@@ -239,7 +244,7 @@ def test_gathers_drop_the_mapped_pages_from_the_process(tmp_path, monkeypatch):
 def test_localization_off_maps_the_raw_answers(mapped_tiny):
     _, _, grounded = build_model(mapped_tiny, intent_mmap=True)
     _, _, raw = build_model(mapped_tiny, intent_mmap=True, intent_localization=False)
-    torch.testing.assert_close(raw._mapped_intents.dense(), grounded._mapped_intents.dense() * 0.5)
+    torch.testing.assert_close(dense(raw._mapped_intents), dense(grounded._mapped_intents) * 0.5)
 
 
 def test_the_torch_search_finds_the_exact_top_r():

@@ -95,6 +95,17 @@ def test_llm_free_serving_matches_the_model_in_the_evaluator(trained):
     assert np.allclose(got.scores, top.values.numpy(), atol=1e-5)
 
 
+def test_a_checkpoint_whose_config_holds_a_retired_key_still_serves(trained, tmp_path):
+    """Checkpoints saved before ``semantic_pred_weight`` was retired carry it (0) in their config."""
+    root, free, _ = trained
+    state = torch.load(free, map_location="cpu", weights_only=False)
+    state["config"].final_config_dict["semantic_pred_weight"] = 0.0
+    old = tmp_path / "old.pth"
+    torch.save(state, old)
+    session = session_prefixes(root)[0]
+    assert recommend(str(old), session, k=10).items == recommend(free, session, k=10).items
+
+
 def test_recommend_returns_k_sorted_tokens_never_padding(trained):
     root, free, semantic = trained
     catalogue = {line.split("\t")[0] for line in (root / "data" / "tiny" / "tiny.itemtext").read_text().splitlines()[1:]}

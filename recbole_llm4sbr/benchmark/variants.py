@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from recbole_llm4sbr.errors import ConfigError
 
 #: what a variant is for (``Variant.role``): the stock base; the full model (``intents``: the LLM's
 #: intents, one per fusion); the attribution controls, each with the intents of the full model swapped
@@ -139,7 +140,7 @@ def parse_variants(text) -> List[str]:
         if not name:
             continue
         if name not in VARIANTS:
-            raise ValueError(f"Unknown variant '{raw}'. Fix: choose from {', '.join(VARIANTS)}.")
+            raise ConfigError(f"Unknown variant '{raw}'. Fix: choose from {', '.join(VARIANTS)}.")
         if name not in out:
             out.append(name)
     return out
@@ -155,17 +156,17 @@ def parse_seeds(text, first: int = 2020) -> List[int]:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"--seeds={text}: expected a count (3) or a comma separated list of integer seeds") from None
+        raise ConfigError(f"--seeds={text}: expected a count (3) or a comma separated list of integer seeds") from None
     if len(values) == 1 and "," not in str(text):
         if values[0] < 1:
-            raise ValueError(f"--seeds={text}: the number of seeds must be at least 1")
+            raise ConfigError(f"--seeds={text}: the number of seeds must be at least 1")
         if values[0] > MAX_SEED_COUNT:  # a seed typed as a count: --seeds=2020 would train 2020 seeds
-            raise ValueError(
+            raise ConfigError(
                 f"--seeds={text} asks for {values[0]} seeds (a single number is a count). Fix: --seeds=5 "
                 f"(five seeds from --seed), or a list such as --seeds={values[0]}, for that one seed")
         return [first + i for i in range(values[0])]
     if len(set(values)) != len(values):
-        raise ValueError(f"--seeds={text}: repeated seed")
+        raise ConfigError(f"--seeds={text}: repeated seed. Fix: name each seed once")
     return values
 
 
@@ -177,12 +178,12 @@ def parse_bases(text) -> List[str]:
     for name in names:
         name = name.strip()
         if base_of(name) is not None:
-            raise ValueError(f"--base_models: give the stock base ('{base_of(name)}'), not '{name}'; "
-                             "the benchmark trains both sides itself.")
+            raise ConfigError(f"--base_models: give the stock base ('{base_of(name)}'), not '{name}'; "
+                              f"the benchmark trains both sides itself. Fix: --base_models={base_of(name)}")
         if name and name not in out:
             out.append(name)
     if not out:
-        raise ValueError("--base_models is empty. Fix: e.g. --base_models=SRGNN,GRU4Rec")
+        raise ConfigError("--base_models is empty. Fix: e.g. --base_models=SRGNN,GRU4Rec")
     return out
 
 

@@ -12,7 +12,8 @@ import torch
 from recbole.data.dataset import SequentialDataset
 from recbole.utils import FeatureSource, FeatureType
 
-from recbole_llm4sbr.errors import LLM4SBRError, utf8_error
+from recbole_llm4sbr.errors import ConfigError, LLM4SBRError, utf8_error
+from recbole_llm4sbr.intent.errors import IntentError
 from recbole_llm4sbr.intent.keys import prefix_key
 
 REQUIRED_COLUMNS = ("item_id_list:token_seq", "item_id:token")
@@ -83,7 +84,8 @@ def buffer_dtype(config) -> np.dtype:
     """``intent_buffer_dtype`` (float16 | float32; unset = float16)."""
     value = str(config["intent_buffer_dtype"] or "float16").strip().lower()
     if value not in BUFFER_DTYPES:
-        raise ValueError(f"intent_buffer_dtype={value!r}: use one of {', '.join(BUFFER_DTYPES)}")
+        raise ConfigError(f"intent_buffer_dtype={value!r}: use one of {', '.join(BUFFER_DTYPES)}. "
+                          "Fix: --intent_buffer_dtype=float32")
     return np.dtype(BUFFER_DTYPES[value])
 
 
@@ -146,7 +148,7 @@ class LLM4SBRDataset(SequentialDataset):
         rows = table.rows_of(tokens[1:])
         missing = [tok for tok, row in zip(tokens[1:], rows) if row < 0]
         if missing:
-            raise ValueError(
+            raise IntentError(
                 f"Intent table {table.path} does not match dataset '{self.dataset_name}': "
                 f"{len(missing)} prefixes have no intent (e.g. {missing[:3]}). It is stale. Fix: rerun "
                 f"`python -m recbole_llm4sbr.intent --dataset={self.dataset_name} --force` (or delete that folder)."

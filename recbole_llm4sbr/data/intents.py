@@ -14,6 +14,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from recbole_llm4sbr.intent.errors import IntentError
+
 #: ``intent_mmap: auto`` maps the table when the dataset's rows would take more than this in float32
 MMAP_AUTO_BYTES = 256 << 20
 
@@ -58,7 +60,7 @@ class DatasetIntents:
         rows = [row_of.get(tok, -1) for tok in id2token[1:]]
         missing = [tok for tok, row in zip(id2token[1:], rows) if row < 0]
         if missing:
-            raise ValueError(
+            raise IntentError(
                 f"Intent table {self.path} has no text embedding for {len(missing)} of the dataset's items "
                 f"(e.g. {missing[:5]}): it is stale. Fix: rerun stage 1 with --force.")
         vectors = np.asarray(self.item_vectors, dtype=np.float32)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from ..errors import MissingFileError
 from .errors import CacheDamagedError, DiskFullError
 
 CACHE_FILE = "answers.sqlite"
@@ -389,7 +390,7 @@ def recover_cache(path: Path | str) -> Dict[str, Any]:
     Returns ``{"recovered", "kept"}`` (answers copied, where the damaged file went)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no answer cache at {path}: nothing to recover")
+        raise MissingFileError(f"no answer cache at {path}: nothing to recover")
     rows: List[Tuple[str, str, float]] = []
     try:
         src = sqlite3.connect(str(path), isolation_level=None)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..validation import choice, refuse
+from ..validation import choose, refuse
 from .errors import IntentError
 
 #: what ``intent_decoding`` may say
@@ -57,7 +57,7 @@ VERSION = 1
 
 def decoding(settings: Mapping[str, Any]) -> str:
     """``intent_decoding`` (``free`` when unset)."""
-    return choice(settings, "intent_decoding", DECODINGS, "free")
+    return choose(settings, "intent_decoding", DECODINGS, "free")
 
 
 def max_titles(settings: Mapping[str, Any]) -> int:

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..validation import choice
+from ..validation import choose
 from .errors import IntentError
 
 #: what ``intent_representation`` may say
@@ -44,7 +44,7 @@ _log = logging.getLogger("recbole_llm4sbr.intent")
 
 def representation(settings: Mapping[str, Any]) -> str:
     """``intent_representation`` (``text`` when unset)."""
-    return choice(settings, "intent_representation", REPRESENTATIONS, "text")
+    return choose(settings, "intent_representation", REPRESENTATIONS, "text")
 
 
 def check_backend(settings: Mapping[str, Any], backend: str) -> None:

@@ -26,6 +26,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .errors import IntentError
+
 _log = logging.getLogger("recbole_llm4sbr.intent")
 
 ANN_KINDS = ("exact", "ivf", "hnsw")
@@ -57,7 +59,7 @@ class Search:
     def from_settings(cls, settings: Mapping[str, Any]) -> "Search":
         kind = str(settings.get("intent_ann") or "exact").strip().lower()
         if kind not in ANN_KINDS:
-            raise ValueError(f"intent_ann={kind!r}: use one of {', '.join(ANN_KINDS)}")
+            raise IntentError(f"intent_ann={kind!r}: use one of {', '.join(ANN_KINDS)}. Fix: --intent_ann=exact")
         threshold = settings.get("intent_faiss_threshold")
         return cls(kind, DEFAULT_THRESHOLD if threshold is None else int(threshold),
                    str(settings.get("intent_device") or "auto"))

@@ -16,6 +16,9 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..errors import MissingDependencyError
+from .errors import IntentError
+
 __all__ = ["PACKAGED_MODELS", "packaged_model_available", "packaged_model_path", "resolve_model",
            "dequantized_hf_folder", "default_cache_root",
            "ModelNotAvailableError"]
@@ -32,7 +35,7 @@ PACKAGED_MODELS: Dict[str, Dict[str, str]] = {
 }
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(MissingDependencyError):
     """A packaged-model alias was asked for but its package (or file) is not installed."""
 
 
@@ -89,7 +92,7 @@ def resolve_model(name: str) -> Dict[str, Any]:
     * anything else (hub name, local folder) passes through.
     """
     if name is None or not str(name).strip():
-        raise ValueError("intent_model is empty: name a packaged alias "
+        raise IntentError("intent_model is empty. Fix: name a packaged alias "
                          f"({', '.join(sorted(PACKAGED_MODELS))}), a Hugging Face model or a folder")
     key = _norm(name)
     if key in PACKAGED_MODELS:
@@ -149,7 +152,7 @@ def dequantized_hf_folder(resolved: Dict[str, Any], cache_dir: Optional[str] = N
         return str(target)
     for pkg, pip in (("gguf", "pip install gguf"), ("accelerate", "pip install accelerate")):
         if importlib.util.find_spec(pkg) is None:
-            raise ImportError(f"converting {src} to a Hugging Face folder needs the package {pkg!r}: {pip}")
+            raise MissingDependencyError(f"converting {src} to a Hugging Face folder needs the package {pkg!r}: {pip}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -41,7 +41,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from .errors import DiskFullError, TableDamagedError
+from ..errors import MissingFileError
+from .errors import DiskFullError, IntentError, TableDamagedError
 
 #: bump when the table files change shape (docs/DESIGN.md "Intent table"); 2: + items.npy / items.txt
 #: (the catalogue's text embeddings) and answers.jsonl's "exemplar"
@@ -68,7 +69,8 @@ def storage_dtype(settings: Mapping[str, Any]) -> str:
     """``intent_storage_dtype`` (float32 | float16; unset = float32)."""
     dtype = str(settings.get("intent_storage_dtype") or "float32").strip().lower()
     if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"intent_storage_dtype={dtype!r}: use one of {', '.join(STORAGE_DTYPES)}")
+        raise IntentError(f"intent_storage_dtype={dtype!r}: use one of {', '.join(STORAGE_DTYPES)}. "
+                          "Fix: --intent_storage_dtype=float32")
     return dtype
 
 
@@ -224,8 +226,8 @@ def verify_table(folder: Path | str, meta: Optional[Mapping[str, Any]] = None, f
     folder = Path(folder)
     meta = read_meta(folder) if meta is None else meta
     if meta is None:
-        raise FileNotFoundError(f"no intent table at {folder} (meta.json missing): build it with "
-                                f"python -m recbole_llm4sbr.intent --dataset=<ds>")
+        raise MissingFileError(f"no intent table at {folder} (meta.json missing): build it with "
+                               f"python -m recbole_llm4sbr.intent --dataset=<ds>")
     sums: Mapping[str, Mapping[str, Any]] = meta.get(FILES) or {}
 
     def damaged(name: str, what: str) -> TableDamagedError:
@@ -551,7 +553,7 @@ class IntentTable:
                 rec = json.loads(f.readline())
             if rec.get("key") == key:
                 return rec
-        raise ValueError(f"intent table {self.path}: answers.jsonl has no line for {key!r} where it should be: rebuild it")
+        raise TableDamagedError(f"intent table {self.path}: answers.jsonl has no line for {key!r} where it should be: rebuild it")
 
     def answers(self, keys: Optional[Iterable[str]] = None) -> Iterator[Dict[str, Any]]:
         """The ``answers.jsonl`` records (only those of ``keys`` when given), streamed."""
@@ -574,9 +576,9 @@ def load_intent_table(path: Path | str, mmap: bool = False, verify: Optional[boo
     path = Path(path)
     meta = read_meta(path)
     if meta is None:
-        raise FileNotFoundError(f"no intent table at {path} (meta.json missing): build it with python -m recbole_llm4sbr.intent --dataset=<ds>")
+        raise MissingFileError(f"no intent table at {path} (meta.json missing): build it with python -m recbole_llm4sbr.intent --dataset=<ds>")
     if not (path / ITEMS_TXT).is_file() or not (path / ITEMS_NPY).is_file():
-        raise ValueError(
+        raise IntentError(
             f"intent table {path} (format_version {meta.get('format_version')}) has no {ITEMS_TXT}/{ITEMS_NPY}: "
             f"it predates them; rebuild it (python -m recbole_llm4sbr.intent --dataset={meta.get('dataset', '<ds>')} --force)"
         )
@@ -593,9 +595,9 @@ def load_intent_table(path: Path | str, mmap: bool = False, verify: Optional[boo
     item_vectors = np.load(path / ITEMS_NPY, mmap_mode=mode)
     n_keys = meta.get("n_keys", vectors.shape[0]) if keys is None else len(keys)
     if n_keys != meta.get("n_keys", n_keys) or vectors.shape[0] != n_keys or raw.shape != vectors.shape:
-        raise ValueError(f"intent table {path} is inconsistent (keys {n_keys}, vectors {vectors.shape}, raw {raw.shape}): rebuild it")
+        raise TableDamagedError(f"intent table {path} is inconsistent (keys {n_keys}, vectors {vectors.shape}, raw {raw.shape}): rebuild it")
     if item_vectors.ndim != 2 or item_vectors.shape != (len(item_tokens), vectors.shape[2]):
-        raise ValueError(
+        raise TableDamagedError(
             f"intent table {path} is inconsistent (items.txt {len(item_tokens)} tokens, items.npy {item_vectors.shape}, "
             f"d_text {vectors.shape[2]}): rebuild it"
         )

@@ -22,6 +22,7 @@ from typing import Dict, Optional, Tuple
 
 from recbole.utils import ModelType
 
+from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.model.views import (
     BERT4RecMixin, BERT4RecViews, COREViews, FEARecMixin, GCSANGraphMixin, GCSANViews, GenericViews,
     NARMViews, NextItNetViews, SRGNNGraphMixin, SRGNNViews, STAMPViews,
@@ -148,20 +149,20 @@ def resolve(base_name: str) -> Tuple[BaseSpec, type]:
     wrapped = wrapped_name(base_name)
     spec = BASES.get(base_name)
     if spec is not None and not spec.supported:
-        raise ValueError(f"{wrapped} is not supported: {spec.refused}. Fix: one of {supported_names()}.")
+        raise ConfigError(f"{wrapped} is not supported: {spec.refused}. Fix: one of {supported_names()}.")
     base = find_recbole_model(base_name)
     if base is None:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown model '{wrapped}': RecBole 1.2.1 has no model '{base_name}'. "
             f"Fix: use {wrapped_name('<Base>')} with a RecBole sequential model, e.g. {wrapped_name('SRGNN')}."
         )
     if not is_sequential(base):
-        raise ValueError(
+        raise ConfigError(
             f"{wrapped} is not supported: {base_name} is not a sequential recommender "
             f"(LLM4SBR wraps session/sequential models). Fix: one of {supported_names()}."
         )
     if spec is None:
-        raise ValueError(
+        raise ConfigError(
             f"{wrapped} is not supported: {base_name} has not been checked against the wrapper "
             f"(RecBole 1.2.1 models are declared in recbole_llm4sbr.model.bases). "
             f"Supported: {', '.join(SUPPORTED)}."

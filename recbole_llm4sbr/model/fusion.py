@@ -25,6 +25,8 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from recbole_llm4sbr.errors import ConfigError
+
 BEHAVIOURS = ("local", "global")
 FUSIONS = ("residual", "paper")
 
@@ -34,7 +36,7 @@ class GatedFusion(nn.Module):
         super().__init__()
         for view in views:
             if pairing.get(view) not in BEHAVIOURS:
-                raise ValueError(
+                raise ConfigError(
                     f"view_behaviour['{view}'] = {pairing.get(view)!r}; each view in llm4sbr_views "
                     f"needs one of {BEHAVIOURS}. Fix: set view_behaviour: {{{view}: global}} (or local)."
                 )

@@ -88,11 +88,6 @@ class MappedIntents:
             out = torch.from_numpy(self._read(self.rows[ids]))
         return out.view(*keys.shape, len(self.view_index), self.d_text).to(keys.device)
 
-    def dense(self) -> torch.Tensor:
-        """Every key's intents ``[n_keys, V, d]`` (what the in-memory buffer would hold): small tables
-        and inspection only."""
-        return self.gather(torch.arange(len(self.rows)))
-
 
 #: the model's frozen, rebuilt-from-the-dataset buffers (non-persistent): a distributed launcher can
 #: keep them out of DDP's broadcast (``broadcast_buffers=False`` or

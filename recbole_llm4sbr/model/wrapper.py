@@ -43,7 +43,8 @@ from typing import Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from recbole_llm4sbr.model.alignment import AlignUniformLoss, align_uniform_views
+from recbole_llm4sbr.errors import ConfigError
+from recbole_llm4sbr.model.alignment import align_uniform_views
 from recbole_llm4sbr.model.bases import BaseSpec, base_of, resolve, wrapped_name
 from recbole_llm4sbr.model.controls import IntentControl, controlled_buffer, drop_intents
 from recbole_llm4sbr.model.fusion import FUSIONS, GatedFusion, IntentResidual
@@ -127,7 +128,7 @@ class LLM4SBRMixin:
             table_views = list(getattr(dataset, "intent_views", []) or [])
             missing = [v for v in self.views if v not in table_views]
             if missing:
-                raise ValueError(
+                raise ConfigError(
                     f"llm4sbr_views asks for {missing}, but the dataset's intent table has views {table_views}. "
                     "Fix: add them to intent_views (stage 1 reruns) or remove them from llm4sbr_views."
                 )
@@ -159,13 +160,12 @@ class LLM4SBRMixin:
             self.fusion.out = nn.Linear(self.fusion.out.in_features, out_size, bias=False)
         self.fusion_mode = str(config["fusion"] or "residual").strip().lower()
         if self.fusion_mode not in FUSIONS:
-            raise ValueError(f"fusion = {config['fusion']!r}: expected one of {FUSIONS}. Fix: --fusion=residual")
+            raise ConfigError(f"fusion = {config['fusion']!r}: expected one of {FUSIONS}. Fix: --fusion=residual")
         self.intent_strength = float(1.0 if config["intent_strength"] is None else config["intent_strength"])
         self.residual = None
         if self.fusion_mode == "residual":  # R reads H_sess and, when the forward path has them, the intents
             n_intents = len(self.views) if self.semantic_at_inference else 0
             self.residual = IntentResidual(out_size + n_intents * view_size, out_size)
-        self.au_loss = AlignUniformLoss()
         self._init_semantic_prediction(dataset, out_size, d_text)
         self._state: Optional[CallState] = None
 
@@ -184,15 +184,15 @@ class LLM4SBRMixin:
         named = " and ".join(f"{k} = {w}" for k, w in weights.items())
         if item_text is None and (getattr(dataset, "intent_vectors", None) is not None
                                   or getattr(dataset, "intent_rows", None) is not None):
-            raise ValueError(
+            raise ConfigError(
                 f"{named} needs the catalogue's text embeddings (items.npy in the intent table), but the "
                 "dataset's intent table has none. Fix: rebuild the table (python -m recbole_llm4sbr.intent "
                 f"--dataset={dataset.dataset_name} --force) or set {' and '.join(f'{k}: 0' for k in weights)}.")
         if item_text is not None:
             d_text = int(item_text.size(1))
         if not d_text:
-            raise ValueError(f"{named}: the width of the text embeddings is unknown "
-                             "(no intent table loaded and no intent_d_text).")
+            raise ConfigError(f"{named}: the width of the text embeddings is unknown (no intent table "
+                              "loaded and no intent_d_text). Fix: load_intent: True, or set intent_d_text.")
         self.register_buffer("item_text_vectors", None if item_text is None else item_text.float().contiguous(),
                              persistent=False)
         if self.text_target_weight > 0:
@@ -205,7 +205,7 @@ class LLM4SBRMixin:
             return
         width = dataset.field2seqlen[self.ITEM_SEQ]
         if width != self.max_seq_length:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__}: {self.base_model_name} sizes its layers by "
                 f"MAX_ITEM_LIST_LENGTH = {self.max_seq_length}, but the dataset's {self.ITEM_SEQ} is "
                 f"{width} wide (its longest prefix). Fix: --MAX_ITEM_LIST_LENGTH={width}.")
@@ -271,7 +271,7 @@ class LLM4SBRMixin:
             if self.intent_control.mode == "constant":
                 vectors = self.intent_constant.expand(vectors.size(0), -1, -1).to(vectors)
         elif self.intent_vectors is None and self._mapped_intents is None:
-            raise RuntimeError(
+            raise ConfigError(
                 f"{type(self).__name__} has no intent vectors (an LLM-free model loaded without its intent "
                 "table): alignment-uniformity needs them in training. Fix: train with load_intent: True.")
         else:
@@ -355,7 +355,7 @@ class LLM4SBRMixin:
 
     def _require_item_text(self, key: str):
         if self.item_text_vectors is None:
-            raise RuntimeError(
+            raise ConfigError(
                 f"{type(self).__name__}: {key} > 0 needs the catalogue's text embeddings in training (the "
                 "intent table's items.npy). Fix: train with load_intent: True.")
 
@@ -371,7 +371,7 @@ class LLM4SBRMixin:
         with intent_localization: False; intent_control applied, and intent_dropout in training)."""
         self._require_item_text("eimf_weight")
         if self.intent_vectors is None and self._mapped_intents is None:
-            raise RuntimeError(
+            raise ConfigError(
                 f"{type(self).__name__}: eimf_weight > 0 reads the intents in training, and this model has "
                 "none (loaded LLM-free). Fix: train with load_intent: True.")
         interests = self._gather_intents(keys).float()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence
@@ -67,6 +68,15 @@ def check_overrides(overrides: Dict[str, str]) -> None:
     validate(as_recbole_types(overrides))
 
 
+def check_checkpoint_files(args) -> None:
+    """The checkpoint a run reads (``--checkpoint`` with ``--eval_only``, or ``--resume``) must be a file:
+    a missing one is one line naming it, before any data is read."""
+    path = args.checkpoint if args.eval_only else args.resume
+    if path and not (args.eval_only and args.resume) and not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path} not found. Fix: pass a .pth file the trainer saved "
+                          "(saved/<model>-<time>.pth, or the path the log printed after 'Saving current')")
+
+
 def parse(argv=None):
     parser = argparse.ArgumentParser(prog="run_recbole_llm4sbr.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +100,7 @@ def _main(argv: List[str]) -> int:
     check_overrides(overrides)
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     check_config_files(files)  # a syntax error: file, line and column, before any data or checkpoint is read
+    check_checkpoint_files(args)
     from recbole_llm4sbr.quick_start.quick_start import DEFAULT_DATASET, run_recbole_llm4sbr
 
     model, dataset = args.model, args.dataset

@@ -19,7 +19,7 @@ import sys
 import os
 from typing import List, Optional, Sequence
 
-from recbole_llm4sbr.errors import ConfigError, run_command
+from recbole_llm4sbr.errors import ConfigError, MissingDependencyError, run_command
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):
@@ -84,7 +84,7 @@ def run_hyper(model: str, params_file: str, dataset: Optional[str] = None, confi
         from recbole.trainer.hyper_tuning import HyperTuning
         import hyperopt  # noqa: F401 - HyperTuning imports it lazily, fail here with the fix
     except ImportError:
-        raise ImportError("hyper-parameter search needs hyperopt. Fix: pip install hyperopt") from None
+        raise MissingDependencyError("hyper-parameter search needs hyperopt. Fix: pip install hyperopt") from None
     fixed = {**(fixed or {}), "model": model}
     if dataset:
         fixed["dataset"] = dataset

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         kwargs["samples"] = a.samples
     try:
         CONVERTERS[a.source](raw_dir, data_path, a.dataset or f"{a.source}-session", **kwargs)
-    except (ConversionError, ValueError) as e:
+    except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(Path(data_path) / (a.dataset or f"{a.source}-session"))

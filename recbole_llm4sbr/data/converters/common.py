@@ -151,7 +151,7 @@ def filter_sessions(sessions: Iterable[Session], min_item_count: int = 5,
 def _check_split(fractions: Sequence[float]) -> tuple[float, float, float]:
     f = tuple(float(x) for x in fractions)
     if len(f) != 3 or min(f) <= 0 or abs(sum(f) - 1.0) > 1e-6:
-        raise ValueError(f"split must be three positive fractions summing to 1 "
+        raise ConversionError(f"split must be three positive fractions summing to 1 "
                          f"(train, valid, test), e.g. 0.8,0.1,0.1; got {fractions!r}")
     return f  # type: ignore[return-value]
 
@@ -201,7 +201,7 @@ def make_samples(sessions: Iterable[Session], protocol: str) -> list[Sample]:
     """`last`: one sample per session, [i1..i(n-1)] -> in (the ML-1M protocol); `every`: every
     prefix [i1..it] -> i(t+1), t >= 1 (the Beauty protocol). A prefix never holds its target."""
     if protocol not in PROTOCOLS[:2]:
-        raise ValueError(f"protocol must be one of {PROTOCOLS[:2]}, got {protocol!r}")
+        raise ConversionError(f"protocol must be one of {PROTOCOLS[:2]}, got {protocol!r}")
     out = []
     for s in sessions:
         first = len(s.items) - 1 if protocol == "last" else 1
@@ -322,7 +322,7 @@ def build_dataset(sessions: Iterable[Session], item_text: Mapping[str, str], dat
     """
     split = _check_split(split)
     if max_len < 1 or min_item_count < 1:
-        raise ValueError(f"max_len and min_item_count must be >= 1, got {max_len}, "
+        raise ConversionError(f"max_len and min_item_count must be >= 1, got {max_len}, "
                          f"{min_item_count}")
     sessions = list(sessions)
     tokens = {s.id for s in sessions} | {i for s in sessions for i in s.items}
@@ -352,7 +352,7 @@ def build_dataset(sessions: Iterable[Session], item_text: Mapping[str, str], dat
             f"{clicks_file}: split(s) {empty} are empty after filtering ({len(kept)} sessions "
             f"kept): use more data or change --split (now {','.join(map(str, split))})")
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise ConversionError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     samples = {n: make_samples(splits[n], split_protocol(protocol, n)) for n in SPLITS}
     all_sessions = [s for n in SPLITS for s in splits[n]]
     all_samples = [x for n in SPLITS for x in samples[n]]

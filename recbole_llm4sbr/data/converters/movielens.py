@@ -140,7 +140,7 @@ def convert_ml100k(raw_dir=None, data_path=None, dataset: str = DEFAULT_ML100K, 
     way (`samples`: `last`; `eval_every` tests on every prefix: `ml-100k-every`). The name must not
     be `ml-100k`: RecBole maps that name to its own copy."""
     if dataset == "ml-100k":
-        raise ValueError("dataset 'ml-100k' always resolves to RecBole's own copy; use another "
+        raise ConversionError("dataset 'ml-100k' always resolves to RecBole's own copy; use another "
                          f"name (default {DEFAULT_ML100K!r})")
     sessions, text, inter, item = read_ml100k(raw_dir)
     return build_dataset(sessions, text, data_path_or_default(data_path), dataset, samples,
@@ -159,7 +159,7 @@ def ensure_default_dataset(data_path=None, dataset: str = DEFAULT_ML100K) -> str
     stats.json (written last) exists; returns the dataset name. Cheap when present: one stat() call."""
     data_path = data_path_or_default(data_path)
     if dataset not in BUNDLED:
-        raise ValueError(f"dataset {dataset!r} is not built from the bundled MovieLens-100K; "
+        raise ConversionError(f"dataset {dataset!r} is not built from the bundled MovieLens-100K; "
                          f"those are {sorted(BUNDLED)}")
     if not os.path.exists(data_path / dataset / f"{dataset}.stats.json"):
         convert_ml100k(data_path=data_path, dataset=dataset, samples=BUNDLED[dataset])

@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .base import Backend
+from ..errors import IntentError
 
 __all__ = ["OpenAIBackend", "OpenAIBackendError"]
 
@@ -79,14 +80,16 @@ class OpenAIBackend(Backend):
         self.base_url = str(s.get("openai_base_url") or "http://127.0.0.1:8000/v1").rstrip("/")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"openai_base_url={self.base_url!r}: expected http(s)://host[:port]/v1")
+            raise IntentError(f"openai_base_url={self.base_url!r}: expected http(s)://host[:port]/v1. "
+                              "Fix: e.g. --openai_base_url=http://localhost:8000/v1")
         self._scheme = parts.scheme
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._path = (parts.path.rstrip("/") or "") + "/chat/completions"
         self.model = s.get("openai_model") or s.get("intent_model")
         if not self.model:
-            raise ValueError("openai backend: set openai_model (or intent_model) to the served model name")
+            raise IntentError("openai backend: no model name. Fix: set openai_model (or intent_model) to the "
+                              "served model name")
         self.model = str(self.model)
         self.api_key_env = s.get("openai_api_key_env") or None
         self.concurrency = max(1, int(s.get("openai_concurrency", 8) or 1))

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .base import Backend
+from ...errors import MissingDependencyError
 from ..models import dequantized_hf_folder, resolve_model
 
 __all__ = ["VLLMBackend"]
@@ -55,7 +56,7 @@ def _import_vllm():
         from vllm import LLM, SamplingParams
     except ModuleNotFoundError as err:
         if err.name and err.name.split(".")[0] == "vllm":
-            raise ModuleNotFoundError(_INSTALL_HINT, name="vllm") from None
+            raise MissingDependencyError(_INSTALL_HINT) from None
         raise
     return vllm, LLM, SamplingParams
 
