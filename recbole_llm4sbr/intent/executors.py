@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cache import AnswerKeys
 from .errors import IntentError
+from .backends import default_block_rows
 from .generation import _call, chunk_size
 from .shards import block_keys, check_keys, read_manifest, read_plan, shard_paths, shard_slice, write_block
 
@@ -97,15 +98,6 @@ class BlockWorker:
 
     def close(self) -> None:
         self.backend.close()
-
-
-def default_block_rows(settings: Mapping[str, Any], backend: str) -> int:
-    """Prompts per block when ``--block_rows`` is not given: what the backend takes per call
-    (``generation.chunk_size``, from the settings the backends read it from)."""
-    batch = int(settings.get("intent_batch_size") or 32)
-    own = {"transformers": settings.get("intent_prompts_per_call") or 256,
-           "vllm": settings.get("vllm_prompts_per_call") or 1024}.get(backend, 0)
-    return max(batch, int(own))
 
 
 def _blocks(n: int, size: int):

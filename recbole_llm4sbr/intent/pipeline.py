@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import encoder as enc
-from .backends import get_backend, resolve_backend_name, resolve_samples
+from .backends import auto_reuse, get_backend, resolve_backend_name, resolve_samples
 from .cache import CACHE_FILE, AnswerCache
 from .errors import IntentError, TableDamagedError
 from .generation import GenerationStats, answer_prompts
@@ -429,11 +429,6 @@ def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Opt
     return None
 
 
-#: with ``intent_backend: auto``, an up-to-date table of these LLM backends (strongest first) is used
-#: before a table of the backend auto picked on this machine is built
-AUTO_REUSE = ("vllm", "openai", "transformers")
-
-
 def built_elsewhere(settings: Mapping[str, Any], picked: str) -> Optional[Path]:
     """With ``intent_backend: auto``: an up-to-date table of another LLM backend for these settings.
 
@@ -443,7 +438,7 @@ def built_elsewhere(settings: Mapping[str, Any], picked: str) -> Optional[Path]:
     """
     if str(settings.get("intent_backend") or "auto").strip().lower() != "auto":
         return None
-    for other in AUTO_REUSE:
+    for other in auto_reuse():  # the backends registered as reused, strongest first
         if other != picked:
             folder = table_folder(settings, other)
             try:
