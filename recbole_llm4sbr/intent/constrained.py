@@ -40,6 +40,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..validation import choice, refuse
 from .errors import IntentError
+from .settings import normalize_settings
 
 #: what ``intent_decoding`` may say
 DECODINGS = ("free", "titles")
@@ -89,7 +90,7 @@ def check_backend(settings: Mapping[str, Any], backend: str) -> None:
         raise IntentError(
             f"intent_decoding=titles constrains the LLM's tokens to catalogue titles, which the {backend!r} "
             f"backend cannot do. Fix: --intent_backend=transformers (a local model) or --intent_decoding=free")
-    rep = str(settings.get("intent_representation") or "text").strip().lower()
+    rep = normalize_settings(settings).representation
     if rep != "text":
         raise IntentError(
             f"intent_decoding=titles constrains generated answers, but intent_representation={rep} generates "

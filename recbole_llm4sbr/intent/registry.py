@@ -62,9 +62,9 @@ BACKEND_KEYS: Dict[str, Tuple[str, ...]] = {}
 
 
 def _builtins() -> Dict[str, BackendSpec]:
-    """``SPECS`` with the built-in backends registered (importing ``intent.backends`` registers them)."""
-    if not SPECS:
-        importlib.import_module("recbole_llm4sbr.intent.backends")
+    """``SPECS`` with the built-in backends registered (importing ``intent.backends`` registers them;
+    once imported, a look-up in ``sys.modules``)."""
+    importlib.import_module("recbole_llm4sbr.intent.backends")
     return SPECS
 
 

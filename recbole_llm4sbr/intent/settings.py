@@ -265,19 +265,7 @@ class Stage1Settings(Mapping):
         object.__setattr__(self, "encoder_device", raw.get("intent_encoder_device") or raw["intent_device"])
         object.__setattr__(self, "torch_num_threads", raw.get("torch_num_threads"))
         object.__setattr__(self, "answer_max_chars", int(raw.get("intent_answer_max_chars") or DEFAULT_ANSWER_MAX_CHARS))
-        value = raw.get("intent_prompt_max_items") or 0
-        if _name(value) == "auto":
-            value = "auto"
-        else:
-            try:
-                count = int(value)
-            except (TypeError, ValueError):
-                count = -1
-            if count < 0 or isinstance(value, bool):
-                raise IntentError(f"intent_prompt_max_items={value!r}: give auto, 0 (the whole prefix, the paper) "
-                                  f"or a positive count")
-            value = count
-        object.__setattr__(self, "prompt_max_items", value)
+        object.__setattr__(self, "prompt_max_items", _max_items(raw.get("intent_prompt_max_items")))
 
     # a read-only mapping of the layered dict
     def __getitem__(self, key: str) -> Any:
@@ -329,11 +317,13 @@ def intent_views(settings: Mapping[str, Any]) -> Dict[str, str]:
 
 def sampling(settings: Mapping[str, Any]) -> Dict[str, Any]:
     """The sampling settings recorded in every table."""
-    return normalize_settings(settings).sampling()
+    return {k[len("intent_"):]: settings.get(k) for k in SAMPLING_KEYS}
 
 
 def answer_max_chars(settings: Mapping[str, Any]) -> int:
-    return normalize_settings(settings).answer_max_chars
+    if isinstance(settings, Stage1Settings):
+        return settings.answer_max_chars
+    return int(settings.get("intent_answer_max_chars") or DEFAULT_ANSWER_MAX_CHARS)
 
 
 #: ``intent_prompt_max_items: auto`` with ``intent_samples`` typical (a small LLM on a CPU): prompt
@@ -347,4 +337,24 @@ def prompt_max_items(settings: Mapping[str, Any], samples: Optional[str] = None)
     ``auto`` = ``TYPICAL_PROMPT_MAX_ITEMS`` when ``samples`` (the RESOLVED ``intent_samples``) is
     ``typical``, else 0 (the whole prefix, the paper), so ``all`` tables are unchanged.
     """
-    return normalize_settings(settings).prompt_items(samples)
+    if isinstance(settings, Stage1Settings):
+        return settings.prompt_items(samples)
+    value = _max_items(settings.get("intent_prompt_max_items"))
+    if value == "auto":
+        return TYPICAL_PROMPT_MAX_ITEMS if samples == "typical" else 0
+    return value
+
+
+def _max_items(value: Any) -> Any:
+    """``intent_prompt_max_items`` as written: ``"auto"`` or a count (unset: 0)."""
+    value = value or 0
+    if _name(value) == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0 or isinstance(value, bool):
+        raise IntentError(f"intent_prompt_max_items={value!r}: give auto, 0 (the whole prefix, the paper) or a "
+                          f"positive count")
+    return count
