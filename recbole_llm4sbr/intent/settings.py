@@ -3,8 +3,9 @@
 Stage 1 runs in an LLM-only environment (vLLM ships its own torch), so it cannot use RecBole's
 ``Config``. This module layers the same files the same way (``properties/overall.yaml``, then
 ``properties/dataset/<ds>.yaml``, then the user's ``--config_files``, then ``--key=value``) into a
-plain dict, and reads the stage-1 keys from it (views, prompt length, answer length). Which settings
-change the table is ``identity.py``'s.
+plain dict (``load_settings``), and types it once (``normalize_settings`` -> ``Stage1Settings``, a
+frozen dataclass checked when built), whose attributes stage 1 reads. Which settings change the
+table is ``identity.py``'s.
 """
 from __future__ import annotations
 
