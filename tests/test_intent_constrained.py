@@ -6,6 +6,7 @@ import pytest
 
 from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.intent import constrained
+from recbole_llm4sbr.intent.backends.transformers_backend import catalogue_titles
 from recbole_llm4sbr.intent.errors import IntentError
 
 from test_backend_transformers import PROMPTS
@@ -39,7 +40,7 @@ def _is_title_list(answer, titles, limit):
 
 
 def test_titles_come_from_the_itemtext(tiny_data):
-    titles = constrained.catalogue_titles(tiny_data)
+    titles = catalogue_titles(tiny_data)
     assert len(titles) == 30 and titles[0] == "Movie number 1 (1991)"  # the text before " -- "
     assert constrained.title_of("Toy Story (1995) -- Animation, Comedy") == "Toy Story (1995)"
 
@@ -89,7 +90,7 @@ def plain_and_shared(tiny_chat_model, tiny_data):
 
 
 def test_every_answer_is_a_list_of_catalogue_titles(plain_and_shared, tiny_data):
-    titles = set(constrained.catalogue_titles(tiny_data))
+    titles = set(catalogue_titles(tiny_data))
     answers = plain_and_shared[0].generate(PROMPTS)
     assert len(answers) == len(PROMPTS)
     assert all(_is_title_list(a, titles, 2) for a in answers), answers
@@ -106,7 +107,7 @@ def test_plain_and_shared_paths_give_the_same_constrained_answers(plain_and_shar
 
 
 def test_answers_fit_the_token_budget_and_the_title_limit(tiny_chat_model, tiny_data):
-    titles = set(constrained.catalogue_titles(tiny_data))
+    titles = set(catalogue_titles(tiny_data))
     tok_len = min(len(ids) for ids in plain_tokens(tiny_chat_model, titles))
     # room for exactly one (shortest) title: every answer is one whole title, none cut off
     b = _backend(tiny_chat_model, tiny_data, intent_max_tokens=tok_len, intent_decoding_titles=3)
@@ -159,12 +160,12 @@ def test_bad_values_and_backends_are_refused(tiny_data):
     with pytest.raises(IntentError, match="intent_decoding=titles"):  # before anything is read or built
         build_intent_table(dict(s, intent_backend="text"))
     with pytest.raises(IntentError, match="no dataset"):
-        constrained.catalogue_titles({"intent_decoding": "titles"})
+        catalogue_titles({"intent_decoding": "titles"})
 
 
 def test_sampled_answers_are_title_lists_too(tiny_chat_model, tiny_data):
     """The mask is a LogitsProcessor in generate(): sampling (plain and shared paths) stays inside it."""
-    titles = set(constrained.catalogue_titles(tiny_data))
+    titles = set(catalogue_titles(tiny_data))
     for sharing in (False, True):
         b = _backend(tiny_chat_model, tiny_data, intent_temperature=1.5, intent_top_p=1.0, intent_decoding_titles=3,
                      intent_prefix_sharing=sharing)

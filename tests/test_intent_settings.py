@@ -123,3 +123,26 @@ def test_bad_views():
     with pytest.raises(IntentError, match="intent_views"):
         intent_views({"intent_views": {}})
     assert intent_views({"intent_views": ["long", "short"]}) == {"long": "long", "short": "short"}
+
+
+def test_typed_settings_are_built_once_with_overall_yaml_defaults(tmp_path):
+    from recbole_llm4sbr.errors import ConfigError
+    from recbole_llm4sbr.intent.settings import Stage1Settings
+
+    s = normalize_settings(load_settings(dataset="tiny", overrides={"data_path": str(tmp_path), "intent_topr": 3}))
+    assert isinstance(s, Stage1Settings) and normalize_settings(s) is s  # typed once: later calls reuse it
+    assert (s.topr, s.batch_size, s.encoder, s.samples, s.prompt_max_items) == (3, 32, "all-MiniLM-L6-v2", "auto", "auto")
+    assert dict(s.views) == {"long": "long-term", "short": "short-term"}
+    assert s.prompt_items("typical") == 10 and s.prompt_items("all") == 0
+    assert s["intent_topr"] == 3 and dict(s, intent_topr=4)["intent_topr"] == 4  # a read-only mapping too
+    with pytest.raises(AttributeError):
+        s.topr = 1  # frozen
+    with pytest.raises(TypeError):
+        s["intent_topr"] = 1  # noqa
+    # checked when built, before anything is read: the key, the value and the fix
+    with pytest.raises(ConfigError, match="intent_topr.*Fix"):
+        normalize_settings({"dataset": "tiny", "intent_topr": -1})
+    with pytest.raises(ConfigError, match="intent_backend"):
+        normalize_settings({"dataset": "tiny", "intent_backend": "vlm"})
+    with pytest.raises(ConfigError, match="intent_prompt_max_items"):
+        normalize_settings({"dataset": "tiny", "intent_prompt_max_items": "many"})

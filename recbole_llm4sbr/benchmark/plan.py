@@ -37,11 +37,13 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from recbole_llm4sbr.benchmark.variants import VARIANTS, variant_config
 from recbole_llm4sbr.errors import LLM4SBRError
+from recbole_llm4sbr.intent.registry import only_key_prefixes
 
 #: overrides that never change a result (left out of the cell digest)
 NEUTRAL_KEYS = {"show_progress", "state", "checkpoint_dir", "benchmark", "log_wandb", "debug"}
-#: stage-1 keys: only LLM4SBR models read them (left out of the stock base's digest)
-LLM4SBR_ONLY_PREFIXES = ("intent_", "vllm_", "openai_")
+#: stage-1 keys: only LLM4SBR models read them (left out of the stock base's digest): ``intent_`` and the
+#: prefixes each stage-1 backend registered (``vllm_``, ``openai_``: intent/registry.py)
+LLM4SBR_ONLY_PREFIXES = only_key_prefixes()
 #: what every cell gets unless the user overrides it
 CELL_DEFAULTS = {"show_progress": False, "metric_decimal_place": 6}
 #: ``tune: reuse``: the variant whose chosen setting the other wrapped variants reuse

@@ -30,7 +30,7 @@ from typing import List, Optional
 
 from ..errors import run_command
 from .errors import IntentError
-from .settings import load_settings, parse_cli
+from .settings import load_settings, normalize_settings, parse_cli
 
 USAGE = "\n\n".join(__doc__.split("\n\n")[1:3])
 #: options of the multi-worker commands (not settings: they change where answers are made, never which)
@@ -57,7 +57,7 @@ def _run(argv: List[str]) -> int:
     overrides, flags = parse_cli(argv, flags=("force",) if command == "build" else ())
     session = overrides.pop("session", None)
     options = {k: overrides.pop(k) for k in RUN_OPTIONS.get(command, ()) if k in overrides}
-    settings = load_settings(overrides=overrides)
+    settings = normalize_settings(load_settings(overrides=overrides))  # typed once, for every command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
 
     if command == "show":
@@ -141,7 +141,7 @@ def _run_stage(command: str, settings, options) -> int:
     executor = str(options.get("executor") or "local").strip().lower()
     if executor not in executors.EXECUTORS:
         raise IntentError(f"--executor={executor!r}: choose one of {', '.join(executors.EXECUTORS)}")
-    progress = bool(settings.get("show_progress", True))
+    progress = settings.show_progress
     block_rows = int(options["block_rows"]) if options.get("block_rows") else None
     workers = int(options.get("workers") or 1)
     if "shard" in options:

@@ -30,21 +30,20 @@ titles start with ``The``. Tried by hand, not built: titles with the article mov
 collapse onto "The 39 Steps (1935)"; 4 constrained beams onto "12 Angry Men (1957)" (and 7x slower);
 the model's own preamble 'The item is a movie called "' before the title still onto Theodore Rex.
 
-Only the transformers backend can constrain its decoding (``CONSTRAINED_BACKENDS``); vLLM's guided
+Only the transformers backend can constrain its decoding (it registers ``constrained_decoding``); vLLM's guided
 decoding would need a regex over every title (not built), the OpenAI API offers no such constraint.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..validation import choose, refuse
 from .errors import IntentError
+from .settings import normalize_settings
 
 #: what ``intent_decoding`` may say
 DECODINGS = ("free", "titles")
-#: the backends that can constrain their decoding
-CONSTRAINED_BACKENDS = ("transformers",)
 #: between two titles of one answer
 SEPARATOR = "; "
 #: where an item text's title ends (the converters write ``<title> -- <genres>``)
@@ -85,11 +84,13 @@ def check_backend(settings: Mapping[str, Any], backend: str) -> None:
     """``titles`` needs a backend that can mask its logits, and generated text to constrain."""
     if decoding(settings) == "free":
         return
-    if backend not in CONSTRAINED_BACKENDS:
+    from .registry import constrained_backends  # the backends that registered constrained decoding
+
+    if backend not in constrained_backends():
         raise IntentError(
             f"intent_decoding=titles constrains the LLM's tokens to catalogue titles, which the {backend!r} "
             f"backend cannot do. Fix: --intent_backend=transformers (a local model) or --intent_decoding=free")
-    rep = str(settings.get("intent_representation") or "text").strip().lower()
+    rep = normalize_settings(settings).representation
     if rep != "text":
         raise IntentError(
             f"intent_decoding=titles constrains generated answers, but intent_representation={rep} generates "
@@ -101,29 +102,25 @@ def title_of(text: str) -> str:
     return text.split(TITLE_END, 1)[0].strip()
 
 
-def catalogue_titles(settings: Mapping[str, Any]) -> List[str]:
-    """The distinct titles of ``<ds>.itemtext``, in file order (needs ``dataset`` and ``data_path``)."""
-    from .inputs import read_item_text
-
-    if not settings.get("dataset"):
-        raise IntentError("intent_decoding=titles reads the catalogue's titles from <ds>.itemtext, but the "
-                          "settings name no dataset: pass --dataset=<name>")
+def catalogue_titles(item_texts: Iterable[str]) -> List[str]:
+    """The distinct titles of the catalogue's item texts (``<ds>.itemtext``, read by the caller), in order."""
     seen: Dict[str, None] = {}
-    for text in read_item_text(settings).values():
+    for text in item_texts:
         title = title_of(text)
         if title:
             seen.setdefault(title, None)
     if not seen:
-        raise IntentError(f"intent_decoding=titles: {settings['dataset']}.itemtext holds no titles")
+        raise IntentError("intent_decoding=titles: the catalogue's item texts (<ds>.itemtext) hold no titles. "
+                          "Fix: write '<title> -- <genres>' item texts or --intent_decoding=free")
     return list(seen)
 
 
-def describe(settings: Mapping[str, Any], titles: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
+def describe(settings: Mapping[str, Any], titles: Sequence[str]) -> Optional[Dict[str, Any]]:
     """The backend's ``describe()`` entry (answer-cache key): the identity plus which titles."""
     ident = identity(settings)
     if ident is None:
         return None
-    titles = catalogue_titles(settings) if titles is None else list(titles)
+    titles = list(titles)
     digest = hashlib.sha1("\n".join(titles).encode("utf-8")).hexdigest()
     return dict(ident, titles=len(titles), titles_sha1=digest)
 
@@ -291,5 +288,5 @@ def titles_processor(constraint: TitleConstraint, prompt_width: int):
     return TitlesProcessor()
 
 
-__all__ = ["DECODINGS", "CONSTRAINED_BACKENDS", "SEPARATOR", "decoding", "max_titles", "identity", "check_backend",
+__all__ = ["DECODINGS", "SEPARATOR", "decoding", "max_titles", "identity", "check_backend",
            "title_of", "catalogue_titles", "describe", "TitleTrie", "TitleConstraint", "titles_processor"]

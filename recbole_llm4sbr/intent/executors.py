@@ -26,7 +26,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cache import AnswerKeys
 from .errors import IntentError
+from .backends import default_block_rows
 from .generation import _call, chunk_size
+from .settings import normalize_settings
 from .shards import block_keys, check_keys, read_manifest, read_plan, shard_paths, shard_slice, write_block
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -82,7 +84,7 @@ class BlockWorker:
                 "answers would be cached under another configuration's keys. Give the workers the plan's "
                 "settings and package versions, or run plan again where the workers run")
         self.keys = AnswerKeys(want, str(manifest["template_version"]))
-        self.block_rows = chunk_size(self.backend, int(settings.get("intent_batch_size") or 32))
+        self.block_rows = chunk_size(self.backend, normalize_settings(settings).batch_size)
 
     def answer(self, keys: Sequence[str], prompts: Sequence[str]) -> Optional[List[str]]:
         """The block's answers, or None when the backend failed on it twice (logged)."""
@@ -97,15 +99,6 @@ class BlockWorker:
 
     def close(self) -> None:
         self.backend.close()
-
-
-def default_block_rows(settings: Mapping[str, Any], backend: str) -> int:
-    """Prompts per block when ``--block_rows`` is not given: what the backend takes per call
-    (``generation.chunk_size``, from the settings the backends read it from)."""
-    batch = int(settings.get("intent_batch_size") or 32)
-    own = {"transformers": settings.get("intent_prompts_per_call") or 256,
-           "vllm": settings.get("vllm_prompts_per_call") or 1024}.get(backend, 0)
-    return max(batch, int(own))
 
 
 def _blocks(n: int, size: int):
@@ -254,7 +247,7 @@ def generate_ray(settings: Mapping[str, Any], folder, workers: int = 1, block_ro
     done = block_keys(folder)
     stats = GenerateStats(planned=int(manifest["planned"]))
     _init_ray(ray, address, log)
-    block_rows = block_rows or default_block_rows(settings, manifest["backend"])
+    block_rows = block_rows or default_block_rows(normalize_settings(settings), manifest["backend"])
     ds = _plan_dataset(ray, folder, manifest, done).map_batches(
         RayBlockWorker,
         fn_constructor_kwargs={"settings": dict(settings), "manifest": dict(manifest)},
@@ -309,9 +302,9 @@ def generate_ray_llm(settings: Mapping[str, Any], folder, workers: int = 1, bloc
                   max_model_len=int(s["vllm_max_model_len"]) if s.get("vllm_max_model_len") else None,
                   enforce_eager=bool(s.get("vllm_enforce_eager", False)),
                   gpu_memory_utilization=float(s.get("vllm_gpu_memory_utilization", 0.9) or 0.9),
-                  seed=int(s.get("intent_seed") or 0))
+                  seed=normalize_settings(settings).seed)
     config = vLLMEngineProcessorConfig(model_source=model, engine_kwargs=engine, concurrency=int(workers),
-                                       batch_size=int(block_rows or default_block_rows(s, "vllm")))
+                                       batch_size=int(block_rows or default_block_rows(normalize_settings(settings), "vllm")))
     chat = bool(info.get("chat_template"))
 
     def pre(row):

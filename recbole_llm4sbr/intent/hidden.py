@@ -32,8 +32,6 @@ from .errors import IntentError
 
 #: what ``intent_representation`` may say
 REPRESENTATIONS = ("text", "hidden")
-#: the backends that can give hidden states
-HIDDEN_BACKENDS = ("transformers",)
 #: how a prompt's states become one vector (recorded in the table identity and meta)
 POOLING = {"layer": "last", "pooling": "mean over the user message's tokens", "version": 1}
 #: forward batches: at most this many tokens (rows x padded width)
@@ -49,7 +47,9 @@ def representation(settings: Mapping[str, Any]) -> str:
 
 def check_backend(settings: Mapping[str, Any], backend: str) -> None:
     """``hidden`` needs an LLM whose states we can read: the transformers backend."""
-    if representation(settings) == "hidden" and backend not in HIDDEN_BACKENDS:
+    from .registry import hidden_backends  # the backends that registered hidden states
+
+    if representation(settings) == "hidden" and backend not in hidden_backends():
         raise IntentError(
             f"intent_representation=hidden reads the LLM's hidden states, which the {backend!r} backend "
             f"does not give. Fix: --intent_backend=transformers (a local model) or "

@@ -29,12 +29,12 @@ from . import encoder as enc
 from .backends import get_backend, resolve_backend_name, resolve_samples
 from .constrained import check_backend as check_decoding
 from .errors import IntentError
-from .hidden import HiddenEncoder, check_backend, representation
+from .hidden import HiddenEncoder, check_backend
 from .inputs import read_item_text
 from .keys import prefix_key
 from .localization import Search
 from .rows import Answer, Grounding, PrefixPrompts, unique_texts
-from .settings import intent_views, normalize_settings, prompt_max_items
+from .settings import normalize_settings
 from .table import load_intent_table, read_meta
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -65,8 +65,8 @@ class OnlineIntents:
     def __init__(self, settings: Mapping[str, Any], table_path: Optional[Path] = None,
                  logger: Optional[logging.Logger] = None, cache_size: int = 1024):
         self.log = logger or _log
-        self.settings = normalize_settings(dict(settings))
-        self.views = intent_views(self.settings)  # ordered view -> qualifier
+        self.settings = normalize_settings(settings)
+        self.views = dict(self.settings.views)  # ordered view -> qualifier
         self.table_path = Path(table_path) if table_path else None
         meta = read_meta(self.table_path) if self.table_path else None
         if meta is not None and list(meta.get("views", [])) != list(self.views):
@@ -74,16 +74,16 @@ class OnlineIntents:
                 f"intent table {self.table_path} has views {meta.get('views')}, the settings {list(self.views)}: "
                 "serve with the settings the table was built with")
         self.backend_name = (meta or {}).get("backend") or resolve_backend_name(self.settings, self.log)
-        self.encoder_name = str((meta or {}).get("encoder") or self.settings.get("intent_encoder"))
-        self.hidden = ((meta or {}).get("representation") or representation(self.settings)) == "hidden"
+        self.encoder_name = str((meta or {}).get("encoder") or self.settings.encoder)
+        self.hidden = ((meta or {}).get("representation") or self.settings.representation) == "hidden"
         if self.hidden:
             check_backend({"intent_representation": "hidden"}, self.backend_name)
         check_decoding(self.settings, self.backend_name)  # titles: transformers only
-        self.topr = int((meta or {}).get("topr", self.settings.get("intent_topr") or 0) or 0)
+        self.topr = int((meta or {}).get("topr", self.settings.topr) or 0)
         # the table's own prompt length (intent_prompt_max_items: auto = 10 with typical), so an unseen
         # prefix is asked exactly as the table's prefixes were
         max_items = ((meta or {}).get("prompt_max_items") if (meta or {}).get("prompt_max_items") is not None
-                     else prompt_max_items(self.settings, resolve_samples(self.settings, self.backend_name)[0]))
+                     else self.settings.prompt_items(resolve_samples(self.settings, self.backend_name)[0]))
         self.texts = read_item_text(self.settings)
         self.rows = PrefixPrompts.from_settings(self.settings, self.texts, int(max_items))
         self._backend = None
@@ -107,9 +107,8 @@ class OnlineIntents:
         if self._encoder is None and self.hidden:  # the LLM itself embeds (catalogue and prompts)
             self._encoder = HiddenEncoder(self.settings, self.log)
         if self._encoder is None:
-            enc.set_cpu_threads(self.settings.get("torch_num_threads"))
-            device = self.settings.get("intent_encoder_device") or self.settings.get("intent_device")
-            self._encoder = enc.load_encoder(self.encoder_name, device)
+            enc.set_cpu_threads(self.settings.torch_num_threads)
+            self._encoder = enc.load_encoder(self.encoder_name, self.settings.encoder_device)
         return self._encoder
 
     def catalogue(self):
@@ -121,7 +120,7 @@ class OnlineIntents:
                 self._catalogue = (list(tokens), np.asarray(table.item_vectors, dtype=np.float32))
             else:
                 tokens = list(self.texts)
-                bs = int(self.settings.get("intent_encoder_batch_size") or 256)
+                bs = self.settings.encoder_batch_size
                 texts = [self.texts[t] or t for t in tokens]
                 vectors = (self.encoder().encode(texts) if self.hidden
                            else enc.encode(self.encoder(), texts, bs, False))
@@ -171,7 +170,7 @@ class OnlineIntents:
         else:
             answers = self.rows.answers(prefix, self.backend().generate(self.rows.prompts(prefix)))
         texts = unique_texts(answers)
-        bs = int(self.settings.get("intent_encoder_batch_size") or 256)
+        bs = self.settings.encoder_batch_size
         tokens, items = self.catalogue()
         embeddings = self.encoder().encode(texts) if self.hidden else enc.encode(self.encoder(), texts, bs, False)
         grounding = Grounding(texts, embeddings, tokens, items, self.topr, self._search.threshold, self.log,

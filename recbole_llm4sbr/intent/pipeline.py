@@ -22,20 +22,20 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import encoder as enc
-from .backends import get_backend, resolve_backend_name, resolve_samples
+from .backends import auto_reuse, get_backend, resolve_backend_name, resolve_samples
 from .cache import CACHE_FILE, AnswerCache
 from .errors import IntentError, TableDamagedError
 from .generation import GenerationStats, answer_prompts
 from .constrained import check_backend as check_decoding
-from .hidden import HiddenEncoder, check_backend, representation
+from .hidden import HiddenEncoder, check_backend
 from .identity import table_folder, table_identity
 from .inputs import Sample, check_item_text, file_sha1, itemtext_path, read_item_text, read_samples, unique_prefixes
 from .localization import Search
 from .prompts import template_version
 from .rows import Answer, Grounding, PrefixPrompts, unique_texts
-from .settings import dataset_dir, normalize_settings, prompt_max_items, sampling
-from .table import (FILES, FORMAT_VERSION, REQUIRED, lookup_rows, read_meta, remove_debris, storage_dtype,
-                    table_lock, tidy, verify_table, write_intent_table)
+from .settings import Stage1Settings, dataset_dir, normalize_settings
+from .table import (FILES, FORMAT_VERSION, REQUIRED, lookup_rows, read_meta, remove_debris, table_lock, tidy,
+                    verify_table, write_intent_table)
 from .typical import TypicalPlan, plan_typical
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -65,11 +65,11 @@ class _Encoder:
     """The stage-1 text encoder as a build uses it: the catalogue first, then the answers; on a GPU it
     is freed in between, so the LLM gets the memory."""
 
-    def __init__(self, settings: Mapping[str, Any], progress: bool):
-        enc.set_cpu_threads(settings.get("torch_num_threads"))
-        self.name = str(settings.get("intent_encoder"))
-        self.device = enc.resolve_device(settings.get("intent_encoder_device") or settings.get("intent_device"))
-        self.batch_size = int(settings.get("intent_encoder_batch_size") or 256)
+    def __init__(self, settings: Stage1Settings, progress: bool):
+        enc.set_cpu_threads(settings.torch_num_threads)
+        self.name = settings.encoder
+        self.device = enc.resolve_device(settings.encoder_device)
+        self.batch_size = settings.encoder_batch_size
         self.progress = progress
 
     def encode(self, texts: Sequence[str], desc: str) -> np.ndarray:
@@ -114,10 +114,8 @@ def plan_llm_calls(
     if samples == "typical":
         if item_tokens is None or item_vectors is None:
             raise IntentError("intent_samples: typical needs the catalogue's text embeddings (item_tokens, item_vectors)")
-        tp = plan_typical(
-            prefixes, train_keys, item_tokens, item_vectors, settings.get("intent_budget"),
-            int(settings.get("intent_seed") or 0), logger,
-        )
+        s = normalize_settings(settings)
+        tp = plan_typical(prefixes, train_keys, item_tokens, item_vectors, s.budget, s.seed, logger)
         return tp.plan, tp
     raise IntentError(f"unknown intent_samples {samples!r}: choose all or typical")
 
@@ -150,9 +148,10 @@ def plan_llm_prompts(settings: Mapping[str, Any], backend_name: str, logger: Opt
     (normalized) settings, through the same steps, without starting a backend (``intent/shards.py``
     plans them for many workers). The encoder runs only with ``intent_samples: typical``, whose
     plan clusters on the catalogue's embeddings."""
+    settings = normalize_settings(settings)
     samples_mode, _ = resolve_samples(settings, backend_name)
     inputs = read_inputs(settings)
-    rows = PrefixPrompts.from_settings(settings, inputs.texts, prompt_max_items(settings, samples_mode))
+    rows = PrefixPrompts.from_settings(settings, inputs.texts, settings.prompt_items(samples_mode))
     if samples_mode == "typical":
         encoder = _Encoder(settings, progress)
         catalogue = encode_catalogue(inputs.texts, encoder)
@@ -165,7 +164,7 @@ def plan_llm_prompts(settings: Mapping[str, Any], backend_name: str, logger: Opt
 # ---- the LLM --------------------------------------------------------------------------------------
 
 
-def ask(settings: Mapping[str, Any], backend_name: str, prompts: Sequence[str], template: str,
+def ask(settings: Stage1Settings, backend_name: str, prompts: Sequence[str], template: str,
         logger: logging.Logger, progress: bool) -> Tuple[List[Optional[str]], GenerationStats, Dict[str, Any]]:
     """``(answer per prompt or None, stats, backend.describe())`` through the answer cache; the
     backend is closed afterwards (frees the GPU for the encoder)."""
@@ -175,7 +174,7 @@ def ask(settings: Mapping[str, Any], backend_name: str, prompts: Sequence[str], 
         cache = AnswerCache(dataset_dir(settings) / "intent" / CACHE_FILE, info, template_version(template))
         try:
             answers, stats = answer_prompts(
-                backend, prompts, cache, int(settings.get("intent_batch_size") or 32), logger=logger, progress=progress
+                backend, prompts, cache, settings.batch_size, logger=logger, progress=progress
             )
         finally:
             cache.close()
@@ -201,7 +200,7 @@ def clean_answers(calls: CallPlan, inputs: Inputs, rows: PrefixPrompts, answers:
 # ---- encoding + localization ----------------------------------------------------------------------
 
 
-def ground_rows(settings: Mapping[str, Any], inputs: Inputs, calls: CallPlan, cleaned: Mapping[str, List[Answer]],
+def ground_rows(settings: Stage1Settings, inputs: Inputs, calls: CallPlan, cleaned: Mapping[str, List[Answer]],
                 view_names: Sequence[str], encoder: _Encoder, catalogue: Tuple[List[str], np.ndarray],
                 logger: logging.Logger, timings: Dict[str, float]):
     """``(keys, vectors, raw, records)``: every unique prefix's row, in first-seen order. The unique
@@ -212,8 +211,7 @@ def ground_rows(settings: Mapping[str, Any], inputs: Inputs, calls: CallPlan, cl
     timings["encoding"] += time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    grounding = Grounding(texts, embeddings, catalogue[0], catalogue[1], int(settings.get("intent_topr") or 0),
-                          int(settings.get("intent_faiss_threshold") or 200_000), logger,
+    grounding = Grounding(texts, embeddings, catalogue[0], catalogue[1], settings.topr, settings.faiss_threshold, logger,
                           search=Search.from_settings(settings))
     keys = list(inputs.prefixes)
     vectors = np.empty((len(keys), len(view_names), grounding.dim), dtype=np.float32)
@@ -228,7 +226,7 @@ def ground_rows(settings: Mapping[str, Any], inputs: Inputs, calls: CallPlan, cl
     return keys, vectors, raw, records
 
 
-def hidden_rows(settings: Mapping[str, Any], inputs: Inputs, calls: CallPlan, rows: PrefixPrompts,
+def hidden_rows(settings: Stage1Settings, inputs: Inputs, calls: CallPlan, rows: PrefixPrompts,
                 logger: logging.Logger, timings: Dict[str, float]):
     """``intent_representation: hidden`` (``hidden.py``): the rows of ``ground_rows`` with the LLM's
     pooled last-layer state of each prompt in place of an answer's text embedding, grounded in the
@@ -281,19 +279,19 @@ def build_intent_table(settings: Any, logger: Optional[logging.Logger] = None, b
         return _build(settings, log, backend_name)
 
 
-def _build(settings: Mapping[str, Any], log: logging.Logger, backend_name: str) -> Path:
-    """``build_intent_table`` holding the lock (normalized settings, resolved backend)."""
-    progress = bool(settings.get("show_progress", True))
+def _build(settings: Stage1Settings, log: logging.Logger, backend_name: str) -> Path:
+    """``build_intent_table`` holding the lock (typed settings, resolved backend)."""
+    progress = settings.show_progress
     samples_mode, _ = resolve_samples(settings, backend_name)
     check_backend(settings, backend_name)
     check_decoding(settings, backend_name)
-    hidden = representation(settings) == "hidden"
+    hidden = settings.representation == "hidden"
     folder = table_folder(settings, backend_name)
     timings: Dict[str, float] = {}
 
     t0 = time.perf_counter()
     inputs = read_inputs(settings)
-    rows = PrefixPrompts.from_settings(settings, inputs.texts, prompt_max_items(settings, samples_mode))
+    rows = PrefixPrompts.from_settings(settings, inputs.texts, settings.prompt_items(samples_mode))
     timings["prompting"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -309,7 +307,7 @@ def _build(settings: Mapping[str, Any], log: logging.Logger, backend_name: str) 
     calls = plan_prompts(settings, inputs, rows, samples_mode, catalogue, log)
     timings["prompting"] += time.perf_counter() - t0
     log.info(
-        f"stage 1 for {settings['dataset']}: {len(inputs.samples)} samples, {len(inputs.prefixes)} unique prefixes, "
+        f"stage 1 for {settings.dataset}: {len(inputs.samples)} samples, {len(inputs.prefixes)} unique prefixes, "
         f"intent_samples {samples_mode}: {len(calls.asked)} asked x {len(rows.view_names)} views = "
         f"{len(calls.prompts)} prompts, backend {backend_name} -> {folder}"
     )
@@ -329,10 +327,10 @@ def _build(settings: Mapping[str, Any], log: logging.Logger, backend_name: str) 
     meta = table_meta(settings, backend_name, info, rows, samples_mode, calls.typical, summary)
     t0 = time.perf_counter()
     write_intent_table(folder, meta, keys, vectors, raw, records, item_tokens=catalogue[0], item_vectors=catalogue[1],
-                       storage_dtype=storage_dtype(settings))
+                       storage_dtype=settings.storage_dtype)
     log.info(
         f"intent table written to {folder} ({time.perf_counter() - t0:.2f} s)\n"
-        f"stage 1 summary ({settings['dataset']}, backend {backend_name}):\n{_summary_lines(summary)}"
+        f"stage 1 summary ({settings.dataset}, backend {backend_name}):\n{_summary_lines(summary)}"
     )
     return folder
 
@@ -368,31 +366,31 @@ def build_summary(inputs: Inputs, calls: CallPlan, rows: PrefixPrompts, cleaned:
     }
 
 
-def table_meta(settings: Mapping[str, Any], backend_name: str, info: Mapping[str, Any], rows: PrefixPrompts,
+def table_meta(settings: Stage1Settings, backend_name: str, info: Mapping[str, Any], rows: PrefixPrompts,
                samples_mode: str, tplan: Optional[TypicalPlan], summary: Mapping[str, Any]) -> Dict[str, Any]:
     """``meta.json`` of the table (``write_intent_table`` adds the counts); ``table_settings`` is what
     ``stale_reason`` compares."""
     return {
         "format_version": FORMAT_VERSION,
-        "dataset": str(settings["dataset"]),
+        "dataset": settings.dataset,
         "views": list(rows.view_names),
         "qualifiers": dict(rows.views),
         "backend": backend_name,
         "backend_info": info,
         "template": rows.template,
         "template_version": template_version(rows.template),
-        "sampling": sampling(settings),
-        "encoder": str(settings.get("intent_encoder")),
-        "encoder_path": enc.resolve_encoder(str(settings.get("intent_encoder"))),
-        "topr": int(settings.get("intent_topr") or 0),
+        "sampling": settings.sampling(),
+        "encoder": settings.encoder,
+        "encoder_path": enc.resolve_encoder(settings.encoder),
+        "topr": settings.topr,
         "intent_samples": samples_mode,
         "prompt_max_items": rows.max_items,
         "answer_max_chars": rows.max_chars,
         "itemtext_sha1": file_sha1(itemtext_path(settings)),
         "table_settings": table_identity(settings, backend_name),
-        **({"representation": representation(settings)} if representation(settings) != "text" else {}),
+        **({"representation": settings.representation} if settings.representation != "text" else {}),
         **({"typical": {
-            "budget": settings.get("intent_budget"),
+            "budget": settings.budget,
             "k": tplan.budget,
             "exemplars": len(tplan.exemplars),
             "train_prefixes": tplan.train_prefixes,
@@ -406,7 +404,7 @@ def table_meta(settings: Mapping[str, Any], backend_name: str, info: Mapping[str
 # ---- freshness: which table these settings use, and whether it is up to date -----------------------
 
 
-def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Optional[str]:
+def stale_reason(settings: Stage1Settings, folder: Path, backend: str) -> Optional[str]:
     """Why the table in ``folder`` cannot serve these settings and dataset files, or None if it can."""
     meta = read_meta(folder)
     if meta is None:
@@ -429,21 +427,16 @@ def stale_reason(settings: Mapping[str, Any], folder: Path, backend: str) -> Opt
     return None
 
 
-#: with ``intent_backend: auto``, an up-to-date table of these LLM backends (strongest first) is used
-#: before a table of the backend auto picked on this machine is built
-AUTO_REUSE = ("vllm", "openai", "transformers")
-
-
-def built_elsewhere(settings: Mapping[str, Any], picked: str) -> Optional[Path]:
+def built_elsewhere(settings: Stage1Settings, picked: str) -> Optional[Path]:
     """With ``intent_backend: auto``: an up-to-date table of another LLM backend for these settings.
 
     ``auto`` resolves per machine (vllm on the GPU box that ran stage 1, transformers or text on the
     CPU box that trains), so without this a table built on the GPU box and copied over would be
     rebuilt with a weaker backend. The LLM-free ``text`` table is never picked this way.
     """
-    if str(settings.get("intent_backend") or "auto").strip().lower() != "auto":
+    if settings.backend != "auto":
         return None
-    for other in AUTO_REUSE:
+    for other in auto_reuse():  # the backends registered as reused, strongest first
         if other != picked:
             folder = table_folder(settings, other)
             try:

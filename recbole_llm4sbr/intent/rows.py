@@ -26,7 +26,7 @@ from .clean import final_answer
 from .errors import IntentError
 from .localization import Search, localize
 from .prompts import build_prompt, check_template
-from .settings import answer_max_chars, intent_views
+from .settings import intent_views, normalize_settings
 
 #: the view ``intent_short_items`` shortens (the paper's short-term view)
 SHORT_VIEW = "short"
@@ -86,8 +86,8 @@ class PrefixPrompts:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], item_text: Mapping[str, str], max_items: int) -> "PrefixPrompts":
-        return cls(str(settings.get("intent_template") or ""), intent_views(settings), item_text,
-                   max_items, answer_max_chars(settings), short_view_items(settings))
+        s = normalize_settings(settings)
+        return cls(s.template, dict(s.views), item_text, max_items, s.answer_max_chars, short_view_items(s))
 
     def prompts(self, prefix: Sequence[str]) -> List[str]:
         """One prompt per view, in view order."""

@@ -3,29 +3,31 @@
 Stage 1 runs in an LLM-only environment (vLLM ships its own torch), so it cannot use RecBole's
 ``Config``. This module layers the same files the same way (``properties/overall.yaml``, then
 ``properties/dataset/<ds>.yaml``, then the user's ``--config_files``, then ``--key=value``) into a
-plain dict, and reads the stage-1 keys from it (views, prompt length, answer length). Which settings
-change the table is ``identity.py``'s.
+plain dict (``load_settings``), and types it once (``normalize_settings`` -> ``Stage1Settings``, a
+frozen dataclass checked when built), whose attributes stage 1 reads. Which settings change the
+table is ``identity.py``'s.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from types import MappingProxyType
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
-from ..errors import read_yaml_file
+from ..errors import ConfigError, read_yaml_file
 from ..known_keys import warn_unknown
 from ..paths import default_data_path, properties_dir
 from ..validation import validate
-from .backends import check_backend_name
+from .registry import SAMPLING_KEYS, check_backend_name
 from .errors import IntentError
 
 #: default of ``intent_answer_max_chars`` (not in overall.yaml: cleaning detail, rarely changed)
 DEFAULT_ANSWER_MAX_CHARS = 200
 
-#: the sampling settings every LLM backend honours
-SAMPLING_KEYS: Tuple[str, ...] = ("intent_max_tokens", "intent_temperature", "intent_top_p", "intent_seed")
 
 
 def yaml_loader() -> type:
@@ -137,12 +139,16 @@ def load_settings(
     return settings
 
 
-def normalize_settings(config: Any) -> Dict[str, Any]:
-    """A plain dict from a dict or a RecBole ``Config`` (stage 2 calls ``ensure_intent_table(config)``).
+def normalize_settings(config: Any) -> "Stage1Settings":
+    """The typed stage-1 settings of a dict or a RecBole ``Config`` (stage 2 calls
+    ``ensure_intent_table(config)``); settings that are typed already are returned as they are, so the
+    layering and the checks run once per build.
 
     Keys missing from ``config`` take ``properties/overall.yaml``'s defaults, so a caller that did not
     layer the plugin's properties still gets the documented behaviour.
     """
+    if isinstance(config, Stage1Settings):
+        return config
     if hasattr(config, "final_config_dict"):
         given = dict(config.final_config_dict)
     else:
@@ -153,7 +159,135 @@ def normalize_settings(config: Any) -> Dict[str, Any]:
         raise IntentError("no dataset in the settings: pass --dataset=<name>")
     if not settings.get("data_path"):
         settings["data_path"] = str(default_data_path())
-    return settings
+    return Stage1Settings(settings)
+
+
+def _name(value: Any) -> str:
+    return str(value).strip().lower()
+
+
+def _optional_text(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+#: typed field -> (config key, how its value is read). Every key here is in ``properties/overall.yaml``
+#: (its default is there and nowhere else), except ``intent_answer_max_chars``.
+FIELDS: Dict[str, Tuple[str, Any]] = {
+    "dataset": ("dataset", str),
+    "data_path": ("data_path", str),
+    "backend": ("intent_backend", _name),
+    "model": ("intent_model", _optional_text),
+    "template": ("intent_template", _text),
+    "max_tokens": ("intent_max_tokens", int),
+    "temperature": ("intent_temperature", float),
+    "top_p": ("intent_top_p", float),
+    "seed": ("intent_seed", int),
+    "batch_size": ("intent_batch_size", int),
+    "device": ("intent_device", _name),
+    "encoder": ("intent_encoder", str),
+    "encoder_batch_size": ("intent_encoder_batch_size", int),
+    "topr": ("intent_topr", int),
+    "faiss_threshold": ("intent_faiss_threshold", int),
+    "ann": ("intent_ann", _name),
+    "storage_dtype": ("intent_storage_dtype", _name),
+    "samples": ("intent_samples", _name),
+    "budget": ("intent_budget", lambda v: v),
+    "short_items": ("intent_short_items", int),
+    "representation": ("intent_representation", _name),
+    "decoding": ("intent_decoding", _name),
+    "decoding_titles": ("intent_decoding_titles", int),
+    "show_progress": ("show_progress", bool),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Stage1Settings(Mapping):
+    """Stage 1's settings, layered once (``load_settings`` / ``normalize_settings``) and checked once.
+
+    Built from the layered dict (``properties/overall.yaml`` holds every default): ``__post_init__``
+    checks its values (``validation.RULES``, a registered ``intent_backend``, ``intent_views``,
+    ``intent_prompt_max_items``) and sets the typed fields, which stage 1 reads instead of the dict.
+    It is also a read-only mapping of the whole layered dict, for what a backend reads of its own
+    (``vllm_*``, ``openai_*``) and for ``dict(settings, key=value)``. Which of these change the table
+    is ``identity.table_identity``'s, a projection of this object.
+    """
+
+    raw: Mapping[str, Any] = field(repr=False)
+    dataset: str = field(init=False)
+    data_path: str = field(init=False)
+    #: ``intent_backend``, lower-case: ``auto`` or a registered backend
+    backend: str = field(init=False)
+    model: Optional[str] = field(init=False)
+    #: ``intent_views``: ordered view -> qualifier
+    views: Mapping[str, str] = field(init=False)
+    template: str = field(init=False)
+    max_tokens: int = field(init=False)
+    temperature: float = field(init=False)
+    top_p: float = field(init=False)
+    seed: int = field(init=False)
+    batch_size: int = field(init=False)
+    device: str = field(init=False)
+    encoder: str = field(init=False)
+    #: ``intent_encoder_device``, else ``intent_device``
+    encoder_device: Any = field(init=False)
+    encoder_batch_size: int = field(init=False)
+    torch_num_threads: Any = field(init=False)
+    topr: int = field(init=False)
+    faiss_threshold: int = field(init=False)
+    ann: str = field(init=False)
+    storage_dtype: str = field(init=False)
+    #: ``intent_samples`` as written (``auto`` included: ``backends.resolve_samples`` resolves it)
+    samples: str = field(init=False)
+    budget: Any = field(init=False)
+    #: ``intent_prompt_max_items`` as written: ``auto`` or a count (``prompt_items`` resolves it)
+    prompt_max_items: Any = field(init=False)
+    short_items: int = field(init=False)
+    representation: str = field(init=False)
+    decoding: str = field(init=False)
+    decoding_titles: int = field(init=False)
+    answer_max_chars: int = field(init=False)
+    show_progress: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        raw = MappingProxyType(dict(self.raw))
+        object.__setattr__(self, "raw", raw)
+        validate(raw)
+        check_backend_name(raw)
+        for name, (key, read) in FIELDS.items():
+            if raw.get(key) is None:
+                raise ConfigError(f"config key '{key}' is unset and has no default in properties/overall.yaml. "
+                                  f"Fix: --{key}=<value> or the same in your yaml file.")
+            object.__setattr__(self, name, read(raw[key]))
+        object.__setattr__(self, "views", MappingProxyType(intent_views(raw)))
+        object.__setattr__(self, "encoder_device", raw.get("intent_encoder_device") or raw["intent_device"])
+        object.__setattr__(self, "torch_num_threads", raw.get("torch_num_threads"))
+        object.__setattr__(self, "answer_max_chars", int(raw.get("intent_answer_max_chars") or DEFAULT_ANSWER_MAX_CHARS))
+        object.__setattr__(self, "prompt_max_items", _max_items(raw.get("intent_prompt_max_items")))
+
+    # a read-only mapping of the layered dict
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def prompt_items(self, samples: Optional[str]) -> int:
+        """``intent_prompt_max_items`` resolved: ``auto`` = ``TYPICAL_PROMPT_MAX_ITEMS`` when ``samples``
+        (the RESOLVED ``intent_samples``) is ``typical``, else 0 (the whole prefix, the paper)."""
+        if self.prompt_max_items == "auto":
+            return TYPICAL_PROMPT_MAX_ITEMS if samples == "typical" else 0
+        return int(self.prompt_max_items)
+
+    def sampling(self) -> Dict[str, Any]:
+        """The sampling settings recorded in every table."""
+        return {k[len("intent_"):]: self.raw.get(k) for k in SAMPLING_KEYS}
 
 
 def dataset_dir(settings: Mapping[str, Any]) -> Path:
@@ -188,6 +322,8 @@ def sampling(settings: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def answer_max_chars(settings: Mapping[str, Any]) -> int:
+    if isinstance(settings, Stage1Settings):
+        return settings.answer_max_chars
     return int(settings.get("intent_answer_max_chars") or DEFAULT_ANSWER_MAX_CHARS)
 
 
@@ -202,15 +338,24 @@ def prompt_max_items(settings: Mapping[str, Any], samples: Optional[str] = None)
     ``auto`` = ``TYPICAL_PROMPT_MAX_ITEMS`` when ``samples`` (the RESOLVED ``intent_samples``) is
     ``typical``, else 0 (the whole prefix, the paper), so ``all`` tables are unchanged.
     """
-    value = settings.get("intent_prompt_max_items") or 0
-    if str(value).strip().lower() == "auto":
+    if isinstance(settings, Stage1Settings):
+        return settings.prompt_items(samples)
+    value = _max_items(settings.get("intent_prompt_max_items"))
+    if value == "auto":
         return TYPICAL_PROMPT_MAX_ITEMS if samples == "typical" else 0
+    return value
+
+
+def _max_items(value: Any) -> Any:
+    """``intent_prompt_max_items`` as written: ``"auto"`` or a count (unset: 0)."""
+    value = value or 0
+    if _name(value) == "auto":
+        return "auto"
     try:
-        n = int(value)
+        count = int(value)
     except (TypeError, ValueError):
-        n = -1
-    if n < 0 or isinstance(value, bool):
-        raise IntentError(
-            f"intent_prompt_max_items={value!r}: give auto, 0 (the whole prefix, the paper) or a positive count"
-        )
-    return n
+        count = -1
+    if count < 0 or isinstance(value, bool):
+        raise IntentError(f"intent_prompt_max_items={value!r}: give auto, 0 (the whole prefix, the paper) or a "
+                          f"positive count")
+    return count

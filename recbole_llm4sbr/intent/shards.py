@@ -149,7 +149,7 @@ def write_plan(settings: Any, logger: Optional[logging.Logger] = None, backend_n
     settings = normalize_settings(settings)
     backend_name = backend_name or resolve_backend_name(settings, log)
     info = planned_backend_info(settings, backend_name)
-    prompts, template = plan_llm_prompts(settings, backend_name, log, bool(settings.get("show_progress", True)))
+    prompts, template = plan_llm_prompts(settings, backend_name, log, settings.show_progress)
     tv = template_version(template)
     folder = work_dir(settings, backend_name, info, tv, work)
     folder.mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,7 @@ def locate_work(settings: Any, logger: Optional[logging.Logger] = None, backend_
         return Path(str(work)).expanduser()
     backend_name = backend_name or resolve_backend_name(settings, logger)
     info = planned_backend_info(settings, backend_name)
-    return work_dir(settings, backend_name, info, template_version(str(settings.get("intent_template") or "")))
+    return work_dir(settings, backend_name, info, template_version(settings.template))
 
 
 def read_manifest(folder: Path) -> Dict[str, Any]:

@@ -15,7 +15,7 @@ from .errors import IntentError
 from .inputs import read_item_text, read_samples
 from .pipeline import locate_table
 from .rows import PrefixPrompts, short_view_items
-from .settings import answer_max_chars, intent_views, normalize_settings, prompt_max_items
+from .settings import normalize_settings
 from .table import load_intent_table, read_meta
 
 
@@ -43,11 +43,11 @@ def show_session(settings: Mapping[str, Any], session_id: Any, out: Optional[Tex
     exemplars = {r["exemplar"] for r in records.values() if r.get("exemplar") not in (None, r["key"])} - set(records)
     if exemplars:  # intent_samples: typical: the prompts the LLM saw are the exemplars'
         records.update({r["key"]: r for r in table.answers(exemplars)})
-    views = intent_views(settings)
-    template = table.meta.get("template", settings.get("intent_template", ""))
+    views = dict(settings.views)
+    template = table.meta.get("template", settings.template)
     # every view's own prompt: they differ in the qualifier and, with intent_short_items, in the items
-    prompts = PrefixPrompts(template, views, texts, prompt_max_items(settings, resolve_samples(settings, backend)[0]),
-                            answer_max_chars(settings), short_view_items(settings))
+    prompts = PrefixPrompts(template, views, texts, settings.prompt_items(resolve_samples(settings, backend)[0]),
+                            settings.answer_max_chars, short_view_items(settings))
     w = out.write
     w(f"intent table: {folder}\nbackend: {table.meta.get('backend')} {table.meta.get('backend_info')}\n")
     for n, s in enumerate(mine, start=1):

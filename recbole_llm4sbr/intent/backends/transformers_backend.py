@@ -60,6 +60,7 @@ import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .base import Backend
+from ..registry import SAMPLING_KEYS, register_backend
 from .. import constrained
 from ..models import resolve_model
 
@@ -359,7 +360,7 @@ class TransformersBackend(Backend):
         self.decoding = constrained.decoding(s)
         self.max_titles = constrained.max_titles(s)
         #: intent_decoding: titles -> the catalogue's titles (read now: a missing file fails early)
-        self.titles = constrained.catalogue_titles(s) if self.decoding == "titles" else None
+        self.titles = catalogue_titles(s) if self.decoding == "titles" else None
 
         gguf_file = self.resolved["gguf_file"]
         load_kw: Dict[str, Any] = dict(local_files_only=True)
@@ -466,7 +467,8 @@ class TransformersBackend(Backend):
         return _description(cls.name, model_name, resolved, int(s.get("intent_max_tokens", 32)),
                             float(s.get("intent_temperature", 0.0) or 0.0), top_p,
                             None if seed is None else int(seed), tokenizer_has_chat_template(resolved),
-                            device.type, resolved_dtype_name(s), constrained.describe(s))
+                            device.type, resolved_dtype_name(s),
+                            constrained.describe(s, catalogue_titles(s) if constrained.decoding(s) == "titles" else ()))
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         texts = list(texts)
@@ -786,3 +788,35 @@ class TransformersBackend(Backend):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def catalogue_titles(settings: Mapping[str, Any]) -> List[str]:
+    """``intent_decoding: titles``: the distinct titles of ``<ds>.itemtext`` (needs ``dataset`` and ``data_path``)."""
+    from ..errors import IntentError
+    from ..inputs import read_item_text
+
+    if not settings.get("dataset"):
+        raise IntentError("intent_decoding=titles reads the catalogue's titles from <ds>.itemtext, but the "
+                          "settings name no dataset: pass --dataset=<name>")
+    return constrained.catalogue_titles(read_item_text(settings).values())
+
+
+def _auto(settings: Mapping[str, Any], machine: Any) -> Optional[str]:
+    model = settings.get("intent_model")
+    if machine.packaged_model(model):
+        return f"no GPU+vLLM; the packaged model {model!r} is installed"
+    return None
+
+
+def _table_identity(settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """``auto`` is bf16 on a GPU or a bf16 CPU, float32 elsewhere: greedy answers differ (44 of 128 on
+    ml-100k-session), so a bf16 table is another table; float32 keeps the tags of every table built
+    before this entry."""
+    resolved = resolved_dtype_name(settings)
+    return {"resolved_dtype": resolved} if resolved != "float32" else {}
+
+
+register_backend("transformers", f"{__name__}:TransformersBackend",
+                 keys=("intent_model", "intent_dtype") + SAMPLING_KEYS,
+                 hidden_states=True, constrained_decoding=True, auto=_auto, auto_order=20, reuse_order=2,
+                 block_rows=lambda settings: int(settings["intent_prompts_per_call"]), identity=_table_identity)

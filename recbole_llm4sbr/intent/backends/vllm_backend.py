@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .base import Backend
 from ...errors import MissingDependencyError
+from ..registry import SAMPLING_KEYS, register_backend
 from ..models import dequantized_hf_folder, resolve_model
 
 __all__ = ["VLLMBackend"]
@@ -210,3 +211,20 @@ class VLLMBackend(Backend):
         import gc
 
         gc.collect()
+
+
+def _auto(settings: Mapping[str, Any], machine: Any) -> Optional[str]:
+    import importlib.util
+
+    if machine.cuda() and importlib.util.find_spec("vllm") is not None:
+        return "a CUDA GPU and vLLM are available"
+    return None
+
+
+def _block_rows(settings: Mapping[str, Any]) -> int:
+    return int(settings.get("vllm_prompts_per_call") or DEFAULT_PROMPTS_PER_CALL)
+
+
+register_backend("vllm", f"{__name__}:VLLMBackend",
+                 keys=("intent_model", "vllm_dtype", "vllm_max_model_len") + SAMPLING_KEYS,
+                 key_prefixes=("vllm_",), auto=_auto, auto_order=10, reuse_order=0, block_rows=_block_rows)
