@@ -31,7 +31,7 @@ def test_the_built_in_backends_and_their_facts():
     assert registry.hidden_backends() == ("transformers",) == registry.constrained_backends()
     assert registry.auto_reuse() == ("vllm", "openai", "transformers")  # strongest first, never text
     assert set(registry.only_key_prefixes()) == {"intent_", "vllm_", "openai_"}
-    from recbole_llm4sbr.benchmark.runner import LLM4SBR_ONLY_PREFIXES
+    from recbole_llm4sbr.benchmark.plan import LLM4SBR_ONLY_PREFIXES
 
     assert set(LLM4SBR_ONLY_PREFIXES) == {"intent_", "vllm_", "openai_"}
     s = load_settings(dataset="tiny")
