@@ -678,6 +678,11 @@ def test_base_mode_tunes_the_intent_strength_around_the_stock_setting(tmp_path):
                       tune="base", grid={"intent_strength": [0, 1]})
     bench.prepare_stage1 = lambda cells: None
     assert bench.total_runs() == (4 + 1) + 2 * (2 + 1)
+    # the paper's fusion replaces the base's vector: it keeps a grid of its own, without intent_strength
+    paper = Benchmark("ds", ["GRU4Rec"], ["base", "paper"], [7, 8], {}, tmp_path / "paper", trainer=trainer,
+                      commit="abc", tune="base", grid={"intent_strength": [0, 1]})
+    assert not paper.reuses("paper") and paper.variant_grid("paper") == paper.variant_grid("base")
+    assert len({c.id for c in paper.grid_cells("GRU4Rec", "paper")}) == 4
     finals = bench.run()
     wrapped = "LLM4SBR_GRU4Rec"
     grid = [(lr, s) for lr in (0.001, 0.0003) for s in (0, 3)]

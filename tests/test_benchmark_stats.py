@@ -342,6 +342,7 @@ def test_no_harm_table_and_best_against_best_pick_on_validation(tmp_path, monkey
     assert agg.best_by_validation(cells, "base") == "GRU4Rec"
     assert agg.best_by_validation(cells, "llm4sbr") == "SRGNN"
     assert agg.best_by_validation(cells, "paper") is None
+    assert agg.best_by_validation(cells, ("paper", "llm4sbr")) == ("SRGNN", "llm4sbr")
     md = write_reports(Bench(tmp_path, cells), plot=False, quiet=True)["md"].read_text()
     table = section(md, "## Does wrapping cost the base?")
     row = next(line for line in table.splitlines() if line.startswith("| SRGNN |"))

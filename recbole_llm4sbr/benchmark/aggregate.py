@@ -293,13 +293,14 @@ def at_cap(cell: dict) -> bool | None:
     return int(best) + 1 >= int(cap)
 
 
-def best_by_validation(cells: Sequence[dict], variant: str, bases: Sequence[str] | None = None) -> str | None:
+def best_by_validation(cells: Sequence[dict], variant, bases: Sequence[str] | None = None):
     """The base whose ``variant`` cells have the best mean ``best_valid_score`` over their seeds (the
     validation split only: how a user would pick a model without looking at the test split); None
-    when no base has such cells."""
+    when no base has such cells. ``variant`` may be several names: then ``(base, variant)`` of the best."""
+    names = (variant,) if isinstance(variant, str) else tuple(variant)
     best = None
     for (base, v), by_seed in group(cells).items():
-        if v != variant or (bases is not None and base not in bases):
+        if v not in names or (bases is not None and base not in bases):
             continue
         scores = [c.get("best_valid_score") for c in by_seed.values() if c.get("best_valid_score") is not None]
         if not scores:
@@ -307,7 +308,7 @@ def best_by_validation(cells: Sequence[dict], variant: str, bases: Sequence[str]
         bigger = next(iter(by_seed.values())).get("valid_score_bigger", True)
         mean = float(np.mean(scores))
         if best is None or (mean > best[1] if bigger else mean < best[1]):
-            best = (base, mean)
+            best = ((base, v) if not isinstance(variant, str) else base, mean)
     return None if best is None else best[0]
 
 

@@ -44,6 +44,8 @@ NEUTRAL_KEYS = {"show_progress", "state", "checkpoint_dir", "benchmark", "log_wa
 #: stage-1 keys: only LLM4SBR models read them (left out of the stock base's digest): ``intent_`` and the
 #: prefixes each stage-1 backend registered (``vllm_``, ``openai_``: intent/registry.py)
 LLM4SBR_ONLY_PREFIXES = only_key_prefixes()
+#: keys only the residual fusion reads: not an axis of a paper-fusion variant's grid
+RESIDUAL_ONLY_KEYS = ("intent_strength",)
 #: what every cell gets unless the user overrides it
 CELL_DEFAULTS = {"show_progress": False, "metric_decimal_place": 6}
 #: ``tune: reuse``: the variant whose chosen setting the other wrapped variants reuse
@@ -272,14 +274,28 @@ class Plan:
         return out
 
     def reuses(self, variant: str) -> bool:
-        """Whether ``variant`` takes the tune source's chosen setting instead of a grid of its own."""
+        """Whether ``variant`` takes the tune source's chosen setting instead of a grid of its own.
+        ``--tune=base`` holds for residual-fusion variants only: they keep the base's own path, so the
+        base's setting is their fair start; the paper's fusion replaces it and keeps a grid of its own."""
+        if self.source == "base" and self.fusion_of(variant) != "residual":
+            return False
         return (self.source is not None and self.searched and VARIANTS[variant].wrapped
                 and variant != self.source)
 
+    @staticmethod
+    def fusion_of(variant: str) -> str:
+        """The fusion a wrapped variant trains with (its override, else LLM4SBR.yaml's default)."""
+        return str(VARIANTS[variant].overrides.get("fusion") or llm4sbr_defaults().get("fusion", "paper"))
+
     def variant_grid(self, variant: str) -> List[Dict[str, object]]:
         """The settings a variant with a grid of its own searches: wrapped-only axes (e.g.
-        ``intent_strength``) only for wrapped variants (the stock base would train one model twice)."""
-        return grid_settings(self.grid if VARIANTS[variant].wrapped else self.base_axes)
+        ``intent_strength``) only for wrapped variants (the stock base would train one model twice),
+        and the residual fusion's own axes only for residual variants (the paper's fusion ignores them)."""
+        if not VARIANTS[variant].wrapped:
+            return grid_settings(self.base_axes)
+        if self.fusion_of(variant) != "residual":
+            return grid_settings({k: v for k, v in self.grid.items() if k not in RESIDUAL_ONLY_KEYS})
+        return grid_settings(self.grid)
 
     def _around_source(self) -> bool:
         """``--tune=base`` with wrapped-only axes: a reusing variant searches them around the source's setting."""

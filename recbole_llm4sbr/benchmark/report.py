@@ -362,16 +362,19 @@ class Report:
             lines.append(self._row(cols))
         lines += ["", self.caption(), ""]
         stock = best_by_validation(self.cells, STOCK, self.bases)
-        best = best_by_validation(self.cells, INTENTS, self.bases)
-        if stock and best:
+        found = best_by_validation(self.cells, wrapped, self.bases)
+        if stock and found:
+            best, fusion = found
             lines += ["### The best wrapped model against the best stock model", "",
-                      (f"Each picked by its mean validation score over seeds (`valid_metric`), never by test: best "
-                       f"stock model **{stock}**, best wrapped model **LLM4SBR_{best}** (`{INTENTS}`). Their test "
-                       "difference, paired over the seeds both have:"), "",
-                      self._row(["metric", f"stock {stock}", f"LLM4SBR_{best}", "difference [95 % CI]", "t p", "boot p"]),
+                      (f"Each picked by its mean validation score over seeds (`valid_metric`), never by test, among "
+                       f"the stock bases and among the wrapped full models ({', '.join(f'`{v}`' for v in wrapped)}): "
+                       f"best stock model **{stock}**, best wrapped model **LLM4SBR_{best}** (`{fusion}`). Their "
+                       "test difference, paired over the seeds both have:"), "",
+                      self._row(["metric", f"stock {stock}", f"LLM4SBR_{best} ({fusion})", "difference [95 % CI]",
+                                 "t p", "boot p"]),
                       self._row(["---"] + ["---:"] * 5)]
             for m in self.headline:
-                c = compare(self.groups[(best, INTENTS)], self.groups[(stock, STOCK)], m)
+                c = compare(self.groups[(best, fusion)], self.groups[(stock, STOCK)], m)
                 boot = c.get("boot")
                 lines.append(self._row([pretty_metric(m), fmt_mean_std(c["ref mean"], c["ref std"]),
                                         fmt_mean_std(c["mean"], c["std"]), fmt_ci(boot), fmt_p(c["p"]),
