@@ -49,7 +49,7 @@ def build(root, width, base, **overrides):
 
     config_dict = {"data_path": str(root), "epochs": 1, "show_progress": False, "state": "WARNING",
                    "checkpoint_dir": str(root / "saved" / base), "train_batch_size": 32,
-                   "eval_batch_size": 64, "MAX_ITEM_LIST_LENGTH": width, **SMALL,
+                   "eval_batch_size": 64, "MAX_ITEM_LIST_LENGTH": width, **SMALL, "intent_strength": 1.0,
                    **PER_BASE.get(base, {}), **overrides}
     config = make_config(f"LLM4SBR_{base}", "tiny", config_dict=config_dict, read_cmd_line=False)
     return config, build_all(config)

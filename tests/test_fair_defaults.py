@@ -9,6 +9,8 @@ TRAINING_KEYS = ("learning_rate", "lr_step_size", "lr_gamma", "epochs", "stoppin
                  "weight_decay", "valid_metric", "embedding_size", "hidden_size")
 #: the fair protocol's choice for each stock base on ml-100k-session (validation only, seed 2020):
 #: learning rate, lr step (0 = constant); results/ml-100k-session/README.md lists every grid point
+#: the intent strength the fair protocol chose on validation (--tune=base, 0 or 1) where it is not 1
+CHOSEN_STRENGTH = {"SASRec": 0.0, "SRGNN": 0.0}
 FAIR_CHOICE = {"SRGNN": (0.0003, 0), "GRU4Rec": (0.001, 0), "NARM": (0.001, 3), "STAMP": (0.001, 0),
                "SASRec": (0.001, 0), "GCSAN": (0.0003, 0)}
 
@@ -29,3 +31,4 @@ def test_stock_and_wrapped_read_the_same_fair_training_settings(base, tmp_path):
     fair = PROTOCOLS["fair"].defaults
     assert stock["epochs"] == fair["epochs"] and stock["stopping_step"] == fair["stopping_step"]
     assert wrapped["fusion"] == "residual"  # the no-harm fusion is what a user gets
+    assert float(wrapped["intent_strength"]) == CHOSEN_STRENGTH.get(base, 1.0)

@@ -21,7 +21,8 @@ def build_model(tmp_path, **overrides):
     from recbole_llm4sbr.quick_start import build, make_config
 
     config_dict = {"data_path": str(tmp_path), "epochs": 1, "show_progress": False, "state": "WARNING",
-                   "checkpoint_dir": str(tmp_path / "saved"), "train_batch_size": 32}
+                   "checkpoint_dir": str(tmp_path / "saved"), "train_batch_size": 32,
+                   "intent_strength": 1.0}  # the intent term in use (SR-GNN ships 0: alignment only)
     config_dict.update(overrides)
     config = make_config("LLM4SBR_SRGNN", "tiny", config_dict=config_dict, read_cmd_line=False)
     return build(config)

@@ -78,7 +78,7 @@ def build_tiny_model(tmp_path, model="LLM4SBR_SRGNN", **overrides):
 
     config_dict = {"data_path": str(tmp_path), "epochs": 1, "show_progress": False, "state": "WARNING",
                    "checkpoint_dir": str(tmp_path / "saved"), "train_batch_size": 32, "embedding_size": 16,
-                   "hidden_size": 16}
+                   "hidden_size": 16, "intent_strength": 1.0}  # the intent term in use (some bases ship 0)
     config_dict.update(overrides)
     config = make_config(model, "tiny", config_dict=config_dict, read_cmd_line=False)
     return build(config)

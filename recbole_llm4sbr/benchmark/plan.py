@@ -65,14 +65,21 @@ class BenchmarkError(LLM4SBRError):
     """Bad benchmark input; the message names the fix."""
 
 
-def llm4sbr_defaults() -> dict:
-    """``properties/model/LLM4SBR.yaml`` (read each time: the file is the one source of truth)."""
+def llm4sbr_defaults(base: Optional[str] = None) -> dict:
+    """``properties/model/LLM4SBR.yaml`` (read each time: the file is the one source of truth), with
+    the ``DIGEST_DEFAULTS`` a base's own property file sets for it (``properties/model/<base>.yaml``,
+    which the config layers above LLM4SBR.yaml: e.g. SASRec's ``intent_strength``)."""
     import yaml
 
     from recbole_llm4sbr.paths import properties_dir
 
     with open(properties_dir() / "model" / "LLM4SBR.yaml", encoding="utf-8") as f:
-        return dict(yaml.safe_load(f) or {})
+        out = dict(yaml.safe_load(f) or {})
+    own = properties_dir() / "model" / f"{base}.yaml"
+    if base and own.is_file():
+        with open(own, encoding="utf-8") as f:
+            out.update({k: v for k, v in (yaml.safe_load(f) or {}).items() if k in DIGEST_DEFAULTS})
+    return out
 
 
 def llm4sbr_only_keys() -> frozenset:
@@ -149,10 +156,10 @@ def _file_digest(path: str) -> str:
 
 
 def relevant_settings(dataset: str, variant: str, overrides: Dict[str, object],
-                      config_files: Sequence[str] = ()) -> dict:
+                      config_files: Sequence[str] = (), base: Optional[str] = None) -> dict:
     """What can change a cell's result besides base and seed (the cell digest is made from it)."""
     keep = {}
-    defaults = llm4sbr_defaults()
+    defaults = llm4sbr_defaults(base)
     only_llm4sbr = frozenset(defaults)
     for key, value in sorted(overrides.items()):
         if key in NEUTRAL_KEYS:
@@ -255,13 +262,13 @@ class Plan:
         key = (base, variant, seed, tuple(sorted(setting.items())))
         if key not in self._cells:
             settings = relevant_settings(self.dataset, variant, self.run_overrides(variant, setting),
-                                         self.config_files)
+                                         self.config_files, base)
             self._cells[key] = Cell(base, variant, seed, settings_digest(settings), key[3])
         return self._cells[key]
 
     def cell_settings(self, cell: Cell) -> dict:
         return relevant_settings(self.dataset, cell.variant, self.run_overrides(cell.variant, dict(cell.setting)),
-                                 self.config_files)
+                                 self.config_files, cell.base)
 
     def slots(self) -> List[Slot]:
         """Seeds outermost; within a seed, each base with all its variants, in the given order for the
