@@ -67,7 +67,7 @@ class BenchmarkError(LLM4SBRError):
 
 def llm4sbr_defaults(base: Optional[str] = None) -> dict:
     """``properties/model/LLM4SBR.yaml`` (read each time: the file is the one source of truth), with
-    the ``DIGEST_DEFAULTS`` a base's own property file sets for it (``properties/model/<base>.yaml``,
+    the ``DIGEST_DEFAULTS`` the wrapped model's own property file sets (``properties/model/LLM4SBR_<base>.yaml``,
     which the config layers above LLM4SBR.yaml: e.g. SASRec's ``intent_strength``)."""
     import yaml
 
@@ -75,7 +75,7 @@ def llm4sbr_defaults(base: Optional[str] = None) -> dict:
 
     with open(properties_dir() / "model" / "LLM4SBR.yaml", encoding="utf-8") as f:
         out = dict(yaml.safe_load(f) or {})
-    own = properties_dir() / "model" / f"{base}.yaml"
+    own = properties_dir() / "model" / f"LLM4SBR_{base}.yaml"
     if base and own.is_file():
         with open(own, encoding="utf-8") as f:
             out.update({k: v for k, v in (yaml.safe_load(f) or {}).items() if k in DIGEST_DEFAULTS})
