@@ -31,31 +31,43 @@ def flags(monkeypatch):
     return use
 
 
-@pytest.mark.parametrize("cpu_flags, expected", [
-    (("avx2", "fma"), torch.float32),  # no bf16 hardware: emulated bf16 would be slower
-    (("avx2", "avx512f", "avx512_bf16"), torch.bfloat16),
-    (("avx2", "amx_tile", "amx_bf16"), torch.bfloat16),
-])
-def test_auto_dtype_on_cpu_follows_bf16_flags(flags, cpu_flags, expected):
+@pytest.mark.parametrize("cpu_flags", [("avx2", "fma"), ("avx2", "avx512f", "avx512_bf16"),
+                                       ("avx2", "amx_tile", "amx_bf16")])
+def test_auto_dtype_on_cpu_is_float32_even_with_bf16_units(flags, cpu_flags):
+    """bf16 answers depend on how prompts are batched, so auto never picks it on a CPU: one table tag
+    names one table (bf16 stays available when asked for)."""
     flags(*cpu_flags)
-    assert _pick_dtype("auto", torch.device("cpu")) == expected
-    assert _pick_dtype("float32", torch.device("cpu")) == torch.float32  # explicit wins
-    assert _pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert _pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert _pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # explicit wins
+    assert _pick_dtype("float16", torch.device("cpu")) == torch.float16
     # what a table identity can record without loading the model
-    assert tb.resolved_dtype_name({"intent_device": "cpu"}) == str(expected).replace("torch.", "")
-    assert tb.resolved_dtype_name({"intent_device": "cpu", "intent_dtype": "float32"}) == "float32"
+    assert tb.resolved_dtype_name({"intent_device": "cpu"}) == "float32"
+    assert tb.resolved_dtype_name({"intent_device": "cpu", "intent_dtype": "bfloat16"}) == "bfloat16"
 
 
-def test_auto_dtype_reaches_describe(flags, tiny_chat_model):
+def test_dtype_reaches_describe_and_the_log(flags, tiny_chat_model, caplog):
     """The resolved dtype is in describe(), i.e. in the answer-cache key: bf16 answers are never
-    served for a float32 backend or the other way round."""
+    served for a float32 backend or the other way round. Asking for bf16 warns that its answers
+    depend on the batches; auto on a bf16 CPU says what it leaves unused."""
     flags("amx_bf16")
-    b = TransformersBackend(dict(intent_model=tiny_chat_model, intent_device="cpu", intent_max_tokens=4))
+    base = dict(intent_model=tiny_chat_model, intent_device="cpu", intent_max_tokens=4)
+    with caplog.at_level("INFO", logger="recbole_llm4sbr.intent"):
+        auto = TransformersBackend(base)
     try:
-        assert b.describe()["dtype"] == "bfloat16"
-        assert b.model.dtype == torch.bfloat16
+        assert auto.describe()["dtype"] == "float32" and auto.model.dtype == torch.float32
+        assert "intent_dtype auto -> float32" in caplog.text and "bfloat16" in caplog.text
+        assert "WARNING" not in [r.levelname for r in caplog.records]
     finally:
-        b.close()
+        auto.close()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="recbole_llm4sbr.intent"):
+        bf16 = TransformersBackend(dict(base, intent_dtype="bfloat16"))
+    try:
+        assert bf16.describe()["dtype"] == "bfloat16" and bf16.model.dtype == torch.bfloat16
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warned) == 1 and "depend on which prompts are decoded together" in warned[0]
+    finally:
+        bf16.close()
 
 
 def test_num_threads_resolution(monkeypatch):

@@ -31,10 +31,20 @@ Settings read: ``intent_model``, ``intent_max_tokens``, ``intent_temperature``, 
 (auto|cpu|cuda|cuda:N), and optionally
 
 * ``intent_dtype`` (auto|float32|bfloat16|float16): auto = bfloat16 on CUDA when supported (else
-  float16), and on a CPU bfloat16 only when it has bf16 matrix instructions (``amx_bf16`` or
-  ``avx512_bf16`` in /proc/cpuinfo: there bf16 matmuls are several times faster than float32),
-  else float32 (without them bf16 is emulated and slower). The resolved dtype is in ``describe()``,
-  hence in the answer-cache key: bf16 answers may differ from float32 ones at near-ties.
+  float16), and float32 on a CPU. On a CPU float32 answers do not depend on which prompts are
+  decoded together (measured on SmolLM2: chunks of 1, 2 and 16 prompts, shared-prefix path on and
+  off, all 16 answers equal), so a table tag names one table whatever ``intent_prompts_per_call``,
+  ``intent_batch_size``, the shard count or a resumed build cut the prompts into
+  (tests/test_table_batch_invariance.py). bf16 answers do depend on it (a bf16 row's rounding
+  follows the batch's shapes and the prefix tree's cuts: on 8 of the same prompts, each of the five
+  other chunkings and paths changed 1 of the 8 answers), and no setting could name that: a resumed
+  build sends only the missing prompts, in other batches. So on a CPU bf16 is used only when asked
+  for (about 2x faster per CPU-second on CPUs with ``amx_bf16`` / ``avx512_bf16``:
+  benchmarks/results/stage1_throughput_avx512bf16.txt; without them it is emulated and slower).
+  Any dtype but float32 (CUDA's auto included) logs a warning that its answers depend on the
+  batches; auto logs one info line where it leaves a CPU's bf16 units unused.
+  The resolved dtype is in ``describe()``, hence in the answer-cache key, and a non-float32 dtype
+  is in the table tag (``identity.py``): bf16 answers differ from float32 ones.
 * ``intent_num_threads`` (auto|N, default auto = the usable cores not already busy, i.e. minus the
   1-minute load average, at least 1): torch threads while generating, set for each call and
   restored after, so stage 1 uses the idle cores whatever ``torch_num_threads`` (training's
@@ -55,6 +65,7 @@ import contextlib
 import functools
 import importlib.util
 import inspect
+import logging
 import os
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -63,6 +74,8 @@ from .base import Backend
 from ..registry import SAMPLING_KEYS, register_backend
 from .. import constrained
 from ..models import resolve_model
+
+_log = logging.getLogger("recbole_llm4sbr.intent")
 
 __all__ = ["TransformersBackend", "prefix_tree", "cpu_has_fast_bf16", "resolve_num_threads",
            "resolved_dtype_name"]
@@ -90,13 +103,33 @@ def _pick_dtype(requested: Any, device):
     if req in ("", "auto", "none"):
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        # float32 even with bf16 hardware: bf16 answers depend on the batches (module docstring)
+        return torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
     if req not in table:
         raise ValueError(f"intent_dtype={requested!r}: expected auto, float32, bfloat16 or float16")
     return table[req]
+
+
+def _log_dtype_choice(requested: Any, device, dtype) -> None:
+    """One line on what the dtype costs: a warning when it is not float32 (answers then depend on
+    the batches, so one table tag may hold different answers), an info line where ``auto`` leaves
+    a bf16 CPU's speed unused."""
+    import torch
+
+    name = str(dtype).replace("torch.", "")
+    if dtype != torch.float32:
+        _log.warning(f"intent_dtype {name}: greedy answers depend on which prompts are decoded together "
+                     f"(intent_prompts_per_call, intent_batch_size, prefix sharing, --shard, a resumed "
+                     f"build), so two builds of one table tag may differ; intent_dtype=float32 gives the "
+                     f"same answers however the prompts are cut")
+    elif device.type == "cpu" and str(requested or "auto").strip().lower() in ("", "auto", "none") \
+            and cpu_has_fast_bf16():
+        _log.info("intent_dtype auto -> float32 on this CPU: its bf16 units would decode about 2x faster "
+                  "per CPU-second, but bf16 answers depend on how the prompts are batched; "
+                  "intent_dtype=bfloat16 trades that for the speed")
 
 
 def resolved_dtype_name(settings: Dict[str, Any]) -> str:
@@ -126,7 +159,8 @@ def _cpu_flags() -> frozenset:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when this CPU multiplies bf16 in hardware (AMX or AVX512-BF16): ``intent_dtype: auto``."""
+    """True when this CPU multiplies bf16 in hardware (AMX or AVX512-BF16): where ``intent_dtype:
+    bfloat16`` is worth asking for (``auto`` stays float32 on a CPU: module docstring)."""
     return any(flag in _cpu_flags() for flag in BF16_CPU_FLAGS)
 
 
@@ -343,6 +377,7 @@ class TransformersBackend(Backend):
         self.batch_size = max(1, int(s.get("intent_batch_size", 32) or 32))
         self.device = _pick_device(s.get("intent_device", "auto"))
         self.dtype = _pick_dtype(s.get("intent_dtype", "auto"), self.device)
+        _log_dtype_choice(s.get("intent_dtype", "auto"), self.device, self.dtype)
         self.num_threads = resolve_num_threads(s.get("intent_num_threads", "auto"))
         sharing = s.get("intent_prefix_sharing", True)
         self.prefix_sharing = str(sharing).strip().lower() not in ("false", "0", "no", "off", "none")
