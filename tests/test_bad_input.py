@@ -22,7 +22,6 @@ BAD = [
     ("--intent_budget=0", ["intent_budget", "Fix"]),
     ("--epochs=abc", ["epochs", "Fix"]),
     ("--intent_topr=-1", ["intent_topr", "Fix"]),
-    ("--intent_representation=embedding", ["intent_representation", "Fix"]),
 ]
 
 COMMANDS = {
@@ -48,8 +47,7 @@ WRONG = {
     "intent_ann": ["approximate", 1], "intent_storage_dtype": ["int8", 16], "intent_mmap": ["maybe", 2],
     "intent_buffer_dtype": ["bfloat16", 16],
     "intent_samples": ["some", 1], "intent_budget": ["x", 0, 1.5], "intent_prompt_max_items": ["x", -1],
-    "intent_short_items": ["x", -1], "intent_representation": ["embedding", 1],
-    "intent_decoding": ["beam", 1], "intent_decoding_titles": ["x", 0, 1.5],
+    "intent_short_items": ["x", -1],
     "vllm_tensor_parallel_size": ["x", 0], "vllm_gpu_memory_utilization": ["x", 0, 1.5],
     "vllm_max_model_len": ["x", 0], "vllm_dtype": ["", 1], "vllm_enforce_eager": ["maybe", 2],
     "vllm_prompts_per_call": ["x", 0], "openai_concurrency": ["x", 0], "openai_timeout": ["x", 0],

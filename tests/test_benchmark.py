@@ -160,7 +160,6 @@ def test_attribution_variants_config_and_digests():
     # NARM's pairing question (docs/FIDELITY.md): the same views, paired the other way round
     assert variant_config("swapped", user)["view_behaviour"] == {"long": "local", "short": "global"}
     assert variant_config("all", user)["intent_samples"] == "all"  # per-prefix answers, not exemplars
-    assert variant_config("titles", user)["intent_decoding"] == "titles"  # answers constrained to titles
     # au_hi's controls differ from au_hi only in the intent they read (text: the LLM-free backend wins)
     hi = variant_config("au_hi", user)
     assert variant_config("arch_au_hi", user) == {**hi, "intent_control": "constant"}

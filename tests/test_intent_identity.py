@@ -18,8 +18,6 @@ PINNED = [
     ("vllm", {"intent_samples": "typical", "intent_budget": 16}, "vllm-5de68acd"),
     ("openai", {"openai_model": "gpt-x", "openai_base_url": "http://localhost:8000/v1"}, "openai-8212d568"),
     ("text", {"intent_views": "{short: short-term}", "intent_topr": 3}, "text-937cc4a8"),
-    # intent_decoding: titles (added later; free, the default, keeps every tag above)
-    ("transformers", {"intent_device": "cpu", "intent_decoding": "titles"}, "transformers-7f4a1eef"),
 ]
 
 
@@ -62,13 +60,3 @@ def test_a_bf16_machine_names_another_table(monkeypatch):
     assert table_tag(s, "transformers") != fp32
     assert table_tag(s, "text") == "text-50d28be2"  # no LLM, no dtype
 
-
-def test_decoding_names_the_table_only_when_constrained(monkeypatch):
-    resolve_dtype_as(monkeypatch, "float32")
-    s = load_settings(dataset="tiny", overrides={"intent_device": "cpu"})
-    free = table_tag(s, "transformers")
-    assert "decoding" not in table_identity(s, "transformers")
-    assert table_tag(dict(s, intent_decoding_titles=1), "transformers") == free  # ignored when free
-    titles = table_tag(dict(s, intent_decoding="titles"), "transformers")
-    assert titles != free
-    assert table_tag(dict(s, intent_decoding="titles", intent_decoding_titles=1), "transformers") not in (free, titles)

@@ -1,9 +1,9 @@
 """Online stage 1 (serving an unseen prefix) refuses a table it cannot reproduce, before any model loads.
 
-A served model asks the LLM about prefixes its table lacks; if the table was built with other views, a
-hidden-state representation the backend cannot give, or title-constrained decoding on a backend that
-cannot constrain tokens, the online rows would not be comparable to the table's: each must stop with
-an ``IntentError`` naming the fix, not serve silently different intents.
+A served model asks the LLM about prefixes its table lacks; if the table was built with other views,
+or holds LLM hidden states (a representation no longer produced), the online rows would not be
+comparable to the table's: each must stop with an ``IntentError`` naming the fix, not serve silently
+different intents.
 """
 import json
 import re
@@ -18,11 +18,9 @@ VIEWS = {"long": "long-term", "short": "short-term"}
 
 @pytest.mark.parametrize("meta, extra, message", [
     ({"views": ["long"], "backend": "text"}, {}, "has views ['long'], the settings ['long', 'short']"),
-    ({"views": ["long", "short"], "backend": "vllm"}, {"intent_decoding": "titles"},
-     "which the 'vllm' backend cannot do. Fix: --intent_backend=transformers"),
-    ({"views": ["long", "short"], "backend": "text", "representation": "hidden"}, {},
-     "which the 'text' backend does not give. Fix: --intent_backend=transformers"),
-], ids=["views", "titles_on_vllm", "hidden_on_text"])
+    ({"views": ["long", "short"], "backend": "transformers", "representation": "hidden"}, {},
+     "holds LLM hidden states (intent_representation: hidden, since removed)"),
+], ids=["views", "hidden"])
 def test_online_refuses_a_table_it_cannot_reproduce(tmp_path, meta, extra, message):
     (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(IntentError, match=re.escape(message)):

@@ -27,7 +27,7 @@ Variants: base (without LLM), llm4sbr (full; intent backend as configured), text
 intents), arch (architecture only: one constant intent), shuffled (the intent table's rows in a fixed
 permutation), swapped (the views paired the other way round), no_au (without alignment-uniformity), no_long / no_short (without that view), no_loc
 (without localization), r0 / r1 / r3 / r5 (intent_topr); investigation: train_only, eimf, train_only_eimf,
-drop30, au_hi, au_lo, short3, all (intent_samples: all), hidden (recbole_llm4sbr/benchmark/variants.py).
+drop30, au_hi, au_lo, short3, all (intent_samples: all) (recbole_llm4sbr/benchmark/variants.py).
 """
 from __future__ import annotations
 

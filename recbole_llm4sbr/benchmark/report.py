@@ -606,6 +606,7 @@ class Report:
                       (f"- encoder: {info.get('encoder')}; r (intent_topr): {info.get('topr')}; "
                        f"samples: {info.get('intent_samples')}; views: {info.get('views')}; "
                        f"built {info.get('created')}")]
+            # a table of the removed intent_representation: hidden, recorded by cells that trained on it
             if (info.get("backend_info") or {}).get("representation") == "hidden":
                 lines.append("- intent_representation: hidden (each prompt's pooled last-layer LLM state, grounded in "
                              "the catalogue embedded by the same LLM; the encoder above only placed the typical "

@@ -17,11 +17,8 @@ Investigation (why do the intents add nothing over a constant?): ``train_only``
 LLM-side semantic loss + modality alignment, ``eimf_weight`` 0.1 as in EIMF), ``drop30`` (intent
 dropout), ``au_hi`` / ``au_lo`` (the alignment weight; ``arch_au_hi``, ``shuffled_au_hi``, ``text_au_hi``: ``au_hi``'s
 controls), ``short3`` (the short view's prompt lists only
-the last 3 items, so the two views differ by construction; a stage-1 table of its own), ``hidden``
-(no generated text: the LLM's pooled last-layer state of each prompt, grounded in the catalogue
-embedded by the same LLM; a stage-1 table of its own), ``titles`` (greedy decoding constrained to the
-catalogue's titles, each answer a ``"; "``-joined list of at most ``intent_decoding_titles`` real titles;
-transformers backend; a stage-1 table of its own). Cheap to run
+the last 3 items, so the two views differ by construction; a stage-1 table of its own), ``all``
+(every prefix asked). Cheap to run
 with ``--tune=reuse`` (one run per seed, the setting chosen for ``llm4sbr``).
 """
 from __future__ import annotations
@@ -108,10 +105,6 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
             {"fusion": "paper", "intent_short_items": 3}, role="investigation"),
     Variant("all", True, "every prefix asked (intent_samples: all), not typical samples' exemplars",
             {"fusion": "paper", "intent_samples": "all"}, role="investigation"),
-    Variant("hidden", True, "the LLM's last-layer state of each prompt as the intent (no generated text)",
-            {"fusion": "paper", "intent_representation": "hidden"}, role="investigation"),
-    Variant("titles", True, "answers decoded under a constraint to catalogue titles (at most 3 per answer)",
-            {"fusion": "paper", "intent_decoding": "titles"}, role="investigation"),
 ]}
 
 def role_variant(role: str, fusion: Optional[str] = None) -> str:

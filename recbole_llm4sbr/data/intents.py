@@ -96,7 +96,6 @@ def load_dataset_intents(config, logger=None, mmap: bool = True) -> DatasetInten
         logger.info(
             f"Intent table {path}: {len(table)} prefixes, views {list(table.views)}, backend "
             f"{meta.get('backend')} ({meta.get('backend_info', {}).get('model', '-')}), encoder {meta.get('encoder')}, "
-            f"{'LLM hidden states, ' if meta.get('representation') == 'hidden' else ''}"
             f"r={meta.get('topr')}, {meta.get('storage_dtype', 'float32')}{', mapped' if mmap else ''}"
         )
     item_tokens = getattr(table, "item_tokens", None)

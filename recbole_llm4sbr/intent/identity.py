@@ -15,8 +15,6 @@ from typing import Any, Dict, Mapping
 
 from .backends import backend_identity, backend_keys, resolve_samples
 from .clean import CLEAN_VERSION
-from .constrained import identity as decoding_identity
-from .hidden import POOLING
 from .localization import Search
 from .prompts import template_version
 from .rows import short_view_items
@@ -61,11 +59,6 @@ def table_identity(settings: Mapping[str, Any], backend: str) -> Dict[str, Any]:
         ident["ann"] = ann
     if s.storage_dtype != "float32":  # float16 storage rounds the vectors
         ident["storage_dtype"] = s.storage_dtype
-    if s.representation != "text":  # the LLM's hidden states, not its answers; text keeps today's tags
-        ident["representation"] = dict(POOLING, kind=s.representation)
-    decoding = decoding_identity(s)
-    if decoding is not None:  # answers constrained to catalogue titles; free keeps today's tags
-        ident["decoding"] = decoding
     # through JSON, so it compares equal to the copy read back from meta.json
     return json.loads(json.dumps(ident, default=str))
 

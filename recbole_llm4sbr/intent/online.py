@@ -9,8 +9,6 @@ Backend, encoder and catalogue load once per ``OnlineIntents`` (the serving proc
 ``infer`` may be called from many threads: the last ``cache_size`` prefixes' intents are kept (an LRU),
 and stage 1 itself (set-up included) runs one prefix at a time under the instance's lock, since a
 backend or an encoder is not assumed to be thread-safe.
-A table built with ``intent_representation: hidden`` (``meta["representation"]``) is served the same
-way: the prompts' pooled LLM states (``hidden.HiddenEncoder``) stand in for answer + encoder.
 
 Imports no RecBole (stage 1 runs in an LLM-only environment).
 """
@@ -27,13 +25,11 @@ import numpy as np
 
 from . import encoder as enc
 from .backends import get_backend, resolve_backend_name, resolve_samples
-from .constrained import check_backend as check_decoding
 from .errors import IntentError
-from .hidden import HiddenEncoder, check_backend
 from .inputs import read_item_text
 from .keys import prefix_key
 from .localization import Search
-from .rows import Answer, Grounding, PrefixPrompts, unique_texts
+from .rows import Grounding, PrefixPrompts, unique_texts
 from .settings import normalize_settings
 from .table import load_intent_table, read_meta
 
@@ -73,12 +69,12 @@ class OnlineIntents:
             raise IntentError(
                 f"intent table {self.table_path} has views {meta.get('views')}, the settings {list(self.views)}: "
                 "serve with the settings the table was built with")
+        if (meta or {}).get("representation", "text") != "text":  # LLM states, no longer produced
+            raise IntentError(
+                f"intent table {self.table_path} holds LLM hidden states (intent_representation: hidden, since "
+                "removed), which no unseen prefix can get. Fix: rebuild the table and retrain the model on it")
         self.backend_name = (meta or {}).get("backend") or resolve_backend_name(self.settings, self.log)
         self.encoder_name = str((meta or {}).get("encoder") or self.settings.encoder)
-        self.hidden = ((meta or {}).get("representation") or self.settings.representation) == "hidden"
-        if self.hidden:
-            check_backend({"intent_representation": "hidden"}, self.backend_name)
-        check_decoding(self.settings, self.backend_name)  # titles: transformers only
         self.topr = int((meta or {}).get("topr", self.settings.topr) or 0)
         # the table's own prompt length (intent_prompt_max_items: auto = 10 with typical), so an unseen
         # prefix is asked exactly as the table's prefixes were
@@ -104,8 +100,6 @@ class OnlineIntents:
         return self._backend
 
     def encoder(self):
-        if self._encoder is None and self.hidden:  # the LLM itself embeds (catalogue and prompts)
-            self._encoder = HiddenEncoder(self.settings, self.log)
         if self._encoder is None:
             enc.set_cpu_threads(self.settings.torch_num_threads)
             self._encoder = enc.load_encoder(self.encoder_name, self.settings.encoder_device)
@@ -122,8 +116,7 @@ class OnlineIntents:
                 tokens = list(self.texts)
                 bs = self.settings.encoder_batch_size
                 texts = [self.texts[t] or t for t in tokens]
-                vectors = (self.encoder().encode(texts) if self.hidden
-                           else enc.encode(self.encoder(), texts, bs, False))
+                vectors = enc.encode(self.encoder(), texts, bs, False)
                 self._catalogue = (tokens, vectors)
         return self._catalogue
 
@@ -165,27 +158,18 @@ class OnlineIntents:
 
     def _infer(self, key: str, prefix: List[str]) -> OnlineIntent:
         names = self.rows.view_names
-        if self.hidden:  # no generation: each prompt's pooled LLM state (pipeline.hidden_rows)
-            answers = [Answer(p) for p in self.rows.prompts(prefix)]
-        else:
-            answers = self.rows.answers(prefix, self.backend().generate(self.rows.prompts(prefix)))
+        answers = self.rows.answers(prefix, self.backend().generate(self.rows.prompts(prefix)))
         texts = unique_texts(answers)
         bs = self.settings.encoder_batch_size
         tokens, items = self.catalogue()
-        embeddings = self.encoder().encode(texts) if self.hidden else enc.encode(self.encoder(), texts, bs, False)
+        embeddings = enc.encode(self.encoder(), texts, bs, False)
         grounding = Grounding(texts, embeddings, tokens, items, self.topr, self._search.threshold, self.log,
                               search=self._search)
         vectors, raw, record = grounding.row(key, prefix, names, answers)
-        if self.hidden:
-            for entry in record["views"].values():
-                entry["answer"] = None
         return OnlineIntent(key, prefix, names, vectors, raw, record)
 
     def close(self) -> None:
         with self._lock:
-            if self.hidden and self._encoder is not None:
-                self._encoder.close()
-                self._encoder = None
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None

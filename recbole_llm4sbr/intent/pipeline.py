@@ -26,8 +26,6 @@ from .backends import auto_reuse, get_backend, resolve_backend_name, resolve_sam
 from .cache import CACHE_FILE, AnswerCache
 from .errors import IntentError, TableDamagedError
 from .generation import GenerationStats, answer_prompts
-from .constrained import check_backend as check_decoding
-from .hidden import HiddenEncoder, check_backend
 from .identity import table_folder, table_identity
 from .inputs import Sample, check_item_text, file_sha1, itemtext_path, read_item_text, read_samples, unique_prefixes
 from .localization import Search
@@ -226,36 +224,6 @@ def ground_rows(settings: Stage1Settings, inputs: Inputs, calls: CallPlan, clean
     return keys, vectors, raw, records
 
 
-def hidden_rows(settings: Stage1Settings, inputs: Inputs, calls: CallPlan, rows: PrefixPrompts,
-                logger: logging.Logger, timings: Dict[str, float]):
-    """``intent_representation: hidden`` (``hidden.py``): the rows of ``ground_rows`` with the LLM's
-    pooled last-layer state of each prompt in place of an answer's text embedding, grounded in the
-    catalogue embedded by the same LLM (which becomes ``items.npy``). Returns ``(keys, vectors, raw,
-    records, per-view Answers, stats, describe(), (item tokens, item vectors))``; a record's
-    ``answer`` is None (no text was generated)."""
-    n = len(rows.view_names)
-    # the prompt stands where the answer was: ground_rows embeds each distinct one once
-    cleaned = {k: [Answer(p) for p in calls.prompts[i * n:(i + 1) * n]] for i, k in enumerate(calls.asked)}
-    llm = HiddenEncoder(settings, logger)
-    try:
-        info = llm.describe()
-        t0 = time.perf_counter()
-        catalogue = encode_catalogue(inputs.texts, llm)
-        timings["encoding"] += time.perf_counter() - t0
-        t_items = llm.stats["wall_s"]
-        keys, vectors, raw, records = ground_rows(settings, inputs, calls, cleaned, rows.view_names, llm,
-                                                  catalogue, logger, timings)
-        timings["LLM"] = llm.stats["wall_s"] - t_items  # the prompts' prefill (inside "encoding" too)
-    finally:
-        llm.close()
-    for rec in records:
-        for entry in rec["views"].values():
-            entry["answer"] = None
-    unique = len(set(calls.prompts))
-    gstats = GenerationStats(total=len(calls.prompts), unique=unique, sent=unique, wall_s=timings["LLM"])
-    return keys, vectors, raw, records, cleaned, gstats, info, catalogue
-
-
 # ---- the table ------------------------------------------------------------------------------------
 
 
@@ -283,9 +251,6 @@ def _build(settings: Stage1Settings, log: logging.Logger, backend_name: str) -> 
     """``build_intent_table`` holding the lock (typed settings, resolved backend)."""
     progress = settings.show_progress
     samples_mode, _ = resolve_samples(settings, backend_name)
-    check_backend(settings, backend_name)
-    check_decoding(settings, backend_name)
-    hidden = settings.representation == "hidden"
     folder = table_folder(settings, backend_name)
     timings: Dict[str, float] = {}
 
@@ -296,10 +261,8 @@ def _build(settings: Stage1Settings, log: logging.Logger, backend_name: str) -> 
 
     t0 = time.perf_counter()
     encoder = _Encoder(settings, progress)
-    if hidden and samples_mode != "typical":  # the text encoder's catalogue would serve nothing
-        catalogue = (list(inputs.texts), None)
-    else:  # what answers are grounded in; with typical also (hidden or not) what the plan clusters on
-        catalogue = encode_catalogue(inputs.texts, encoder)
+    # what answers are grounded in; with typical also what the plan clusters on
+    catalogue = encode_catalogue(inputs.texts, encoder)
     encoder.free()
     timings["encoding"] = time.perf_counter() - t0
 
@@ -312,17 +275,13 @@ def _build(settings: Stage1Settings, log: logging.Logger, backend_name: str) -> 
         f"{len(calls.prompts)} prompts, backend {backend_name} -> {folder}"
     )
 
-    if hidden:
-        keys, vectors, raw, records, cleaned, gstats, info, catalogue = hidden_rows(
-            settings, inputs, calls, rows, log, timings)
-    else:
-        t0 = time.perf_counter()
-        answers, gstats, info = ask(settings, backend_name, calls.prompts, rows.template, log, progress)
-        timings["LLM"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    answers, gstats, info = ask(settings, backend_name, calls.prompts, rows.template, log, progress)
+    timings["LLM"] = time.perf_counter() - t0
 
-        cleaned = clean_answers(calls, inputs, rows, answers, log)
-        keys, vectors, raw, records = ground_rows(settings, inputs, calls, cleaned, rows.view_names, encoder,
-                                                  catalogue, log, timings)
+    cleaned = clean_answers(calls, inputs, rows, answers, log)
+    keys, vectors, raw, records = ground_rows(settings, inputs, calls, cleaned, rows.view_names, encoder,
+                                              catalogue, log, timings)
     summary = build_summary(inputs, calls, rows, cleaned, gstats, samples_mode, timings)
     meta = table_meta(settings, backend_name, info, rows, samples_mode, calls.typical, summary)
     t0 = time.perf_counter()
@@ -388,7 +347,6 @@ def table_meta(settings: Stage1Settings, backend_name: str, info: Mapping[str, A
         "answer_max_chars": rows.max_chars,
         "itemtext_sha1": file_sha1(itemtext_path(settings)),
         "table_settings": table_identity(settings, backend_name),
-        **({"representation": settings.representation} if settings.representation != "text" else {}),
         **({"typical": {
             "budget": settings.budget,
             "k": tplan.budget,

@@ -3,9 +3,9 @@
 A backend module registers itself once, at import, with everything the rest of stage 1 needs to know
 about it without constructing it: its class (``module:Class``), the config keys that change its
 answers (they name the table: ``identity.py``), the config key prefixes only it reads (stock RecBole
-models ignore them: the benchmark's digests), its capabilities (hidden states, constrained decoding),
-its ``intent_backend: auto`` rule, whether an up-to-date table of it is reused under ``auto``, its
-block size for sharded builds and any identity entry of its own. ``REGISTRY`` and ``BACKEND_KEYS``
+models ignore them: the benchmark's digests), its ``intent_backend: auto`` rule, whether an
+up-to-date table of it is reused under ``auto``, its block size for sharded builds and any identity
+entry of its own. ``REGISTRY`` and ``BACKEND_KEYS``
 are views of these registrations (a test may put a stand-in class into ``REGISTRY``).
 """
 from __future__ import annotations
@@ -35,10 +35,6 @@ class BackendSpec:
     keys: Tuple[str, ...] = DEFAULT_KEYS
     #: config keys only this backend reads, by prefix (``vllm_``): stock RecBole models ignore them
     key_prefixes: Tuple[str, ...] = ()
-    #: can give its LLM's hidden states (``intent_representation: hidden``)
-    hidden_states: bool = False
-    #: can constrain its decoding to catalogue titles (``intent_decoding: titles``)
-    constrained_decoding: bool = False
     #: ``intent_backend: auto``: ``auto(settings, machine)`` says why it is picked on this machine, or None
     #: (``machine.cuda()``: torch sees a CUDA GPU; ``machine.packaged_model(name)``: the packaged model
     #: is installed); the rules are tried by ``auto_order``
@@ -90,16 +86,6 @@ def backend_keys(name: str) -> Tuple[str, ...]:
 def backend_identity(name: str, settings: Mapping[str, Any]) -> Dict[str, Any]:
     hook = spec(name).identity
     return dict(hook(settings)) if hook is not None else {}
-
-
-def hidden_backends() -> Tuple[str, ...]:
-    """The backends that can give hidden states."""
-    return tuple(n for n, s in _builtins().items() if s.hidden_states)
-
-
-def constrained_backends() -> Tuple[str, ...]:
-    """The backends that can constrain their decoding to catalogue titles."""
-    return tuple(n for n, s in _builtins().items() if s.constrained_decoding)
 
 
 def auto_reuse() -> Tuple[str, ...]:

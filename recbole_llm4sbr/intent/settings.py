@@ -197,9 +197,6 @@ FIELDS: Dict[str, Tuple[str, Any]] = {
     "samples": ("intent_samples", _name),
     "budget": ("intent_budget", lambda v: v),
     "short_items": ("intent_short_items", int),
-    "representation": ("intent_representation", _name),
-    "decoding": ("intent_decoding", _name),
-    "decoding_titles": ("intent_decoding_titles", int),
     "show_progress": ("show_progress", bool),
 }
 
@@ -246,9 +243,6 @@ class Stage1Settings(Mapping):
     #: ``intent_prompt_max_items`` as written: ``auto`` or a count (``prompt_items`` resolves it)
     prompt_max_items: Any = field(init=False)
     short_items: int = field(init=False)
-    representation: str = field(init=False)
-    decoding: str = field(init=False)
-    decoding_titles: int = field(init=False)
     answer_max_chars: int = field(init=False)
     show_progress: bool = field(init=False)
 

@@ -30,7 +30,6 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 from .backends import REGISTRY, backend_class, resolve_backend_name
 from .cache import CACHE_FILE, AnswerCache, AnswerKeys
-from .constrained import check_backend as check_decoding
 from .errors import IntentError
 from .generation import send_order
 from .prompts import template_version
@@ -65,7 +64,6 @@ def _pyarrow():
 def planned_backend_info(settings: Mapping[str, Any], backend_name: str) -> Dict[str, Any]:
     """``describe()`` of the backend these settings start, without loading it (JSON-normalized, as a
     manifest stores it). Refuses a backend that cannot tell before it is started."""
-    check_decoding(settings, backend_name)
     info = backend_class(backend_name).describe_settings(settings)
     if info is None:
         raise IntentError(f"intent_backend {backend_name!r} cannot describe itself without loading its model, so "

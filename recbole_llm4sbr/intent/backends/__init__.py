@@ -1,7 +1,7 @@
 """The stage-1 backends: ``intent_backend`` name -> class, and what ``auto`` means here.
 
 Each backend module registers itself once (``registry.register_backend``: its class, the keys that
-name its tables, its capabilities, its ``auto`` rule and defaults); the built-in ones are imported at
+name its tables, its ``auto`` rule and defaults); the built-in ones are imported at
 the end of this module. They import their heavy stack (transformers, vLLM, an HTTP client) only when
 constructed, which the other backends' environments may not have. ``auto`` picks the strongest backend this machine can
 run and says so in one log line; ``resolve_samples`` says what ``intent_samples: auto`` means for
@@ -18,8 +18,7 @@ from typing import Any, Mapping, Optional, Tuple
 from ..errors import IntentError
 from .base import Backend
 from ..registry import (BACKEND_KEYS, REGISTRY, SPECS, BackendSpec, auto_reuse, backend_identity, backend_keys,
-                       check_backend_name,
-                       constrained_backends, default_block_rows, hidden_backends, only_key_prefixes,
+                       check_backend_name, default_block_rows, only_key_prefixes,
                        register_backend, spec)
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -145,6 +144,6 @@ def get_backend(settings: Mapping[str, Any], logger: Optional[logging.Logger] = 
 from . import openai_backend, text, transformers_backend, vllm_backend  # noqa: E402,F401
 
 __all__ = ["Backend", "BackendSpec", "REGISTRY", "BACKEND_KEYS", "register_backend", "spec", "backend_keys",
-           "backend_identity", "hidden_backends", "constrained_backends", "auto_reuse", "only_key_prefixes",
+           "backend_identity", "auto_reuse", "only_key_prefixes",
            "default_block_rows", "choose_auto", "resolve_backend_name", "resolve_samples", "backend_class",
            "get_backend", "check_backend_name"]

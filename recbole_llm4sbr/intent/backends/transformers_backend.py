@@ -53,11 +53,6 @@ Settings read: ``intent_model``, ``intent_max_tokens``, ``intent_temperature``, 
   ``generate`` per batch.
 * ``intent_prompts_per_call`` (default 256): prompts ``answer_prompts`` hands over per call (more than
   ``intent_batch_size`` so that prompts sharing prefixes meet in one tree).
-* ``intent_decoding`` (free|titles, default free) and ``intent_decoding_titles`` (default 3): with
-  ``titles`` every answer is a ``"; "``-joined list of at most that many catalogue titles
-  (``intent/constrained.py``): the title trie is built once, when the backend starts, and the same
-  per-step mask is applied in ``generate`` (a ``LogitsProcessor``) and in the shared path's greedy
-  loop, so both paths give the same answers. It is in ``describe()`` (hence the answer-cache key).
 """
 from __future__ import annotations
 
@@ -72,7 +67,6 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .base import Backend
 from ..registry import SAMPLING_KEYS, register_backend
-from .. import constrained
 from ..models import resolve_model
 
 _log = logging.getLogger("recbole_llm4sbr.intent")
@@ -312,7 +306,7 @@ def tokenizer_has_chat_template(resolved: Mapping[str, Any]) -> bool:
 
 def _description(name: str, model_name: Optional[str], resolved: Mapping[str, Any], max_new_tokens: int,
                  temperature: float, top_p: float, seed: Optional[int], has_chat_template: bool,
-                 device_type: str, dtype_name: str, decoding: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 device_type: str, dtype_name: str) -> Dict[str, Any]:
     """``describe()``'s dict, built in one place for the live backend and ``describe_settings``."""
     import torch
 
@@ -336,8 +330,6 @@ def _description(name: str, model_name: Optional[str], resolved: Mapping[str, An
         "transformers": __import__("transformers").__version__,
         "torch": torch.__version__,
     }
-    if decoding is not None:  # free decoding keeps the answer-cache keys of answers made before the key
-        out["decoding"] = decoding
     return out
 
 
@@ -392,10 +384,6 @@ class TransformersBackend(Backend):
             raise ValueError(f"intent_temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"intent_top_p must be in (0, 1], got {self.top_p}")
-        self.decoding = constrained.decoding(s)
-        self.max_titles = constrained.max_titles(s)
-        #: intent_decoding: titles -> the catalogue's titles (read now: a missing file fails early)
-        self.titles = catalogue_titles(s) if self.decoding == "titles" else None
 
         gguf_file = self.resolved["gguf_file"]
         load_kw: Dict[str, Any] = dict(local_files_only=True)
@@ -433,11 +421,6 @@ class TransformersBackend(Backend):
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
         self._keeps_logits = "logits_to_keep" in params
-        self.title_trie: Optional[constrained.TitleTrie] = None
-        self._allowed: Dict[Any, Any] = {}  # the constraint's allowed-token tensors per trie node
-        if self.titles is not None:
-            self.title_trie = constrained.TitleTrie.from_tokenizer(tok, self.titles, self.eos_token_ids,
-                                                                   fresh_start=self.has_chat_template)
 
     # ------------------------------------------------------------------------------------------
     def _stop_ids(self) -> List[int]:
@@ -486,8 +469,7 @@ class TransformersBackend(Backend):
     def describe(self) -> Dict[str, Any]:
         return _description(self.name, self.model_name, self.resolved, self.max_new_tokens, self.temperature,
                             self.top_p, self.seed, self.has_chat_template, self.device.type,
-                            str(self.dtype).replace("torch.", ""),
-                            constrained.describe(self.settings, self.titles) if self.titles is not None else None)
+                            str(self.dtype).replace("torch.", ""))
 
     @classmethod
     def describe_settings(cls, settings: Mapping[str, Any]) -> Dict[str, Any]:
@@ -502,8 +484,7 @@ class TransformersBackend(Backend):
         return _description(cls.name, model_name, resolved, int(s.get("intent_max_tokens", 32)),
                             float(s.get("intent_temperature", 0.0) or 0.0), top_p,
                             None if seed is None else int(seed), tokenizer_has_chat_template(resolved),
-                            device.type, resolved_dtype_name(s),
-                            constrained.describe(s, catalogue_titles(s) if constrained.decoding(s) == "titles" else ()))
+                            device.type, resolved_dtype_name(s))
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         texts = list(texts)
@@ -706,7 +687,6 @@ class TransformersBackend(Backend):
         cache.layers = [grow(k, v, self.max_new_tokens) for k, v in past]
         stops = set(self.eos_token_ids)
         n = last.shape[0]
-        limit = self._constraint(n)  # None: free decoding
         rows = list(range(n))  # original row of each open row
         done = [False] * n
         out: List[List[int]] = [[] for _ in range(n)]
@@ -722,12 +702,8 @@ class TransformersBackend(Backend):
                                  else f"step {step + 1}/{self.max_new_tokens}")
                 logits = self.model(input_ids=tok, attention_mask=mask, position_ids=pos, use_cache=True,
                                     **kw).logits[:, -1, :]
-                if limit is not None:
-                    logits = limit.apply(logits)
                 nxt = logits.argmax(dim=-1)
-                picked = nxt.tolist()  # one device->host copy per step, read by the constraint and the rows
-                if limit is not None:
-                    limit.advance(picked)
+                picked = nxt.tolist()  # one device->host copy per step
                 ended = []
                 for j, t in enumerate(picked):
                     if not done[j]:
@@ -747,26 +723,15 @@ class TransformersBackend(Backend):
                         layer.keep_rows(index)
                     rows = [rows[j] for j in keep]
                     done = [False] * len(keep)
-                    if limit is not None:
-                        limit.keep_rows(keep)
                     mask, pos, nxt = mask[index], pos[index], nxt[index]
                 tok = nxt[:, None]
                 mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
                 pos = pos + 1
         return self._decode(out)
 
-    def _constraint(self, rows: int) -> Optional[constrained.TitleConstraint]:
-        """A fresh title constraint for one decode of ``rows`` rows (None with free decoding)."""
-        if self.title_trie is None:
-            return None
-        return constrained.TitleConstraint(self.title_trie, self.max_titles, rows, self.max_new_tokens,
-                                           self._allowed)
-
     def _decode(self, tokens) -> List[str]:
-        """Generated token rows -> stripped answers (titles: cut back to the last complete title)."""
+        """Generated token rows -> stripped answers."""
         rows = [list(map(int, t)) for t in tokens]
-        if self.title_trie is not None:
-            rows = [self.title_trie.complete(t, self.max_titles) for t in rows]
         return [t.strip() for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     def _run_generate(self, input_ids, attention, cache=None, note: str = "") -> List[str]:
@@ -783,11 +748,6 @@ class TransformersBackend(Backend):
             from transformers import StoppingCriteriaList
 
             kw["stopping_criteria"] = StoppingCriteriaList([_step_report(self, note, input_ids.shape[1])])
-        limit = self._constraint(input_ids.shape[0])
-        if limit is not None:
-            from transformers import LogitsProcessorList
-
-            kw["logits_processor"] = LogitsProcessorList([constrained.titles_processor(limit, input_ids.shape[1])])
         with torch.inference_mode():
             if gen_cfg.do_sample:
                 devices = []
@@ -825,17 +785,6 @@ class TransformersBackend(Backend):
             torch.cuda.empty_cache()
 
 
-def catalogue_titles(settings: Mapping[str, Any]) -> List[str]:
-    """``intent_decoding: titles``: the distinct titles of ``<ds>.itemtext`` (needs ``dataset`` and ``data_path``)."""
-    from ..errors import IntentError
-    from ..inputs import read_item_text
-
-    if not settings.get("dataset"):
-        raise IntentError("intent_decoding=titles reads the catalogue's titles from <ds>.itemtext, but the "
-                          "settings name no dataset: pass --dataset=<name>")
-    return constrained.catalogue_titles(read_item_text(settings).values())
-
-
 def _auto(settings: Mapping[str, Any], machine: Any) -> Optional[str]:
     model = settings.get("intent_model")
     if machine.packaged_model(model):
@@ -853,5 +802,5 @@ def _table_identity(settings: Mapping[str, Any]) -> Dict[str, Any]:
 
 register_backend("transformers", f"{__name__}:TransformersBackend",
                  keys=("intent_model", "intent_dtype") + SAMPLING_KEYS,
-                 hidden_states=True, constrained_decoding=True, auto=_auto, auto_order=20, reuse_order=2,
+                 auto=_auto, auto_order=20, reuse_order=2,
                  block_rows=lambda settings: int(settings["intent_prompts_per_call"]), identity=_table_identity)
