@@ -44,7 +44,7 @@ def test_full_checkpoint_load_only_around_recbole_loads(monkeypatch, tmp_path):
 
     import torch
 
-    import recbole_llm4sbr.quick_start.quick_start as qs
+    import recbole_llm4sbr.quick_start.trainer as qs  # where the trainer reloads checkpoints
 
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
     result = _train_and_reload(tmp_path / "with")  # the plugin trainer's best-epoch reload
