@@ -10,7 +10,7 @@ TRAINING_KEYS = ("learning_rate", "lr_step_size", "lr_gamma", "epochs", "stoppin
 #: the fair protocol's choice for each stock base on ml-100k-session (validation only, seed 2020):
 #: learning rate, lr step (0 = constant); results/ml-100k-session/README.md lists every grid point
 #: the intent strength the fair protocol chose on validation (--tune=base, 0 or 1) where it is not 1
-CHOSEN_STRENGTH = {"SASRec": 0.0, "SRGNN": 0.0}
+CHOSEN_STRENGTH = {"SASRec": 0.0, "SRGNN": 0.0, "GCSAN": 0.0}
 FAIR_CHOICE = {"SRGNN": (0.0003, 0), "GRU4Rec": (0.001, 0), "NARM": (0.001, 3), "STAMP": (0.001, 0),
                "SASRec": (0.001, 0), "GCSAN": (0.0003, 0)}
 
