@@ -3,7 +3,7 @@
 SASRec is wrapped with the generic pair (global = its transformer output at the last position, local =
 the last item's raw embedding) and the fused vector ``W [a_g H_g; a_l H_l]`` replaces its output with no
 normalisation. Each probe patches one of those in this process only and trains ``LLM4SBR_SASRec`` with
-the setting the fair protocol chose for ``llm4sbr`` (lr 1e-3, x0.1 every 3 epochs, cap 50, early stop 5;
+the setting the fair protocol chose for ``llm4sbr`` (lr 1e-3, x0.1 every 3 epochs, cap 50, early stopping after 5;
 ``--lr_step_size=0``: constant, the schedule stock SASRec chose):
 
 - ``twin``: the local view is the transformer output too (is the raw-embedding view what hurts?);

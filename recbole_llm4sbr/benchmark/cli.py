@@ -16,7 +16,7 @@ Protocols: fair (default): per (base, variant) a grid of learning_rate x lr_step
 epochs; the setting with the best validation score is chosen (never a test number), and the other
 seeds train with it. ``--grid_<key>=a,b`` replaces or adds an axis; ``--learning_rate=X`` (any axis's
 key) fixes it; ``--epochs=N`` sets the cap. paper: the paper's schedule (lr 1e-3, x0.1 every 3 epochs,
-30 epochs, early stop 5), no search. ``--tune=reuse`` (fair): only ``base`` and ``llm4sbr`` get a grid;
+30 epochs, early stopping after 5), no search. ``--tune=reuse`` (fair): only ``base`` and ``llm4sbr`` get a grid;
 every other variant trains with the setting chosen for ``llm4sbr`` of the same base (one run per seed;
 its cells say "setting reused from llm4sbr"). ``--tune=base`` (fair): only the stock base gets the
 training grid; every wrapped variant trains with the base's chosen setting and searches only the

@@ -11,7 +11,7 @@ rule chosen on the validation split only: per (base, variant) a grid over ``lear
 ``--<key>=`` fixes it) is trained on the FIRST seed with an epoch cap of 50 and early stopping after 5
 epochs without gain; the setting with the best ``best_valid_score`` (never a test number) is chosen,
 the first seed's final cell IS that grid run, and every other seed trains once with it. ``paper``: the
-paper's schedule (lr 1e-3, x0.1 every 3 epochs, 30 epochs, early stop 5), no search. Each training run
+paper's schedule (lr 1e-3, x0.1 every 3 epochs, 30 epochs, early stopping after 5), no search. Each training run
 (grid point or seed) is its own cell JSON, so a benchmark may span sessions and processes.
 
 Tuning (``tune``): ``grid`` (default) tunes every (base, variant) as above. ``reuse`` tunes only the
