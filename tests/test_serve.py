@@ -28,14 +28,18 @@ def train(root, name, **overrides):
     return result["model_file"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def train_both(root):
+    """``(root, LLM-free checkpoint, semantic checkpoint)`` trained on a tiny dataset under ``root``."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("serve")
     write_tiny_dataset(root / "data", n_sessions=90)
     free = train(root, "free", semantic_at_inference=False, text_target_weight=0.5)
     semantic = train(root, "semantic")
-    yield root, free, semantic
+    return root, free, semantic
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    yield train_both(tmp_path_factory.mktemp("serve"))
     serve.clear_cache()
 
 

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from recbole_llm4sbr import serve
 from recbole_llm4sbr.serve import ServedModel, ServeError, recommend
 from recbole_llm4sbr.server import make_server
-from test_serve import session_prefixes, train
-from tinydata import write_tiny_dataset
+from test_serve import session_prefixes, train_both
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 16
@@ -30,12 +28,7 @@ THREADS = 16
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("serve_mt")
-    write_tiny_dataset(root / "data", n_sessions=90)
-    free = train(root, "free", semantic_at_inference=False, text_target_weight=0.5)
-    semantic = train(root, "semantic")
-    yield root, free, semantic
+    yield train_both(tmp_path_factory.mktemp("serve_mt"))
     serve.clear_cache()
 
 
