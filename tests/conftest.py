@@ -9,6 +9,7 @@ greedy output varies with the prompt. Nothing here needs vllm, and nothing is do
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import sysconfig
 from pathlib import Path
@@ -53,10 +54,33 @@ def _scratch_working_directory(tmp_path_factory):
         os.chdir(before)
 
 
+#: no single test runs this long (the README's blocks, the longest, take a few minutes): past it the
+#: run stops with every thread's traceback instead of stalling until an outer timeout says nothing
+TEST_DEADLINE_S = float(os.environ.get("LLM4SBR_TEST_DEADLINE_S", "1200"))
+_real_stderr = None
+
+
 def pytest_configure(config):
+    global _real_stderr
     config.addinivalue_line(
         "markers", "vllm: needs the separate vLLM environment (.ci/vllm_env.sh); skipped when "
                    "vllm is not importable")
+    # pytest's output capture is suspended while plugins configure: fd 2 is the terminal's stderr here
+    _real_stderr = os.fdopen(os.dup(2), "w")
+
+
+@pytest.fixture(autouse=True)
+def _deadline():
+    """A stalled test ends the run (``Timeout (h:mm:ss)!``) with a traceback of every thread, the test
+    function among them, written past pytest's capture."""
+    if TEST_DEADLINE_S <= 0 or _real_stderr is None:
+        yield
+        return
+    faulthandler.dump_traceback_later(TEST_DEADLINE_S, exit=True, file=_real_stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def _training_text():

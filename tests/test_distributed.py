@@ -1,6 +1,7 @@
 """Stage 2 on two gloo ranks (``--nproc=2``): DDP keeps the replicas in step, both ranks reload one
 checkpoint, the final test is the one-process evaluation of that checkpoint and is within noise of a
 one-process run; bad layouts fail before anything is spawned; the two distributed shims of compat."""
+import datetime
 import math
 import os
 import socket
@@ -124,7 +125,10 @@ def test_ddp_for_any_device_wraps_a_cpu_model_and_leaves_the_intents_alone(tmp_p
     import torch.distributed as dist
     from recbole.trainer import trainer as recbole_trainer
 
-    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{free_port()}")
+    # an in-memory store: a one-rank group needs no rendezvous over TCP, and a bounded timeout turns
+    # any wait into an error instead of a stalled run
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         with pytest.raises(ValueError, match="device_ids"):
             recbole_trainer.DistributedDataParallel(WithIntents(), device_ids=[0])
