@@ -1,6 +1,7 @@
 """``python -m recbole_llm4sbr.intent``: end to end with the text backend and the packaged MiniLM."""
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -93,6 +94,24 @@ def test_build_errors_are_one_line(tmp_path):
     res = cli(f"--data_path={tmp_path}")
     assert res.returncode == 2 and "--dataset" in res.stderr
     assert cli("--help").returncode == 0
+
+
+def test_a_bundled_dataset_is_converted_on_first_use_as_training_does(tmp_path, capsys, caplog, monkeypatch):
+    """``--dataset=ml-100k-every`` on an empty data_path: the converter runs before stage 1 reads it."""
+    from recbole_llm4sbr.intent import pipeline
+
+    seen = {}
+    caplog.set_level(logging.INFO)
+
+    def build(settings, *a, **k):
+        seen["train"] = (tmp_path / "ml-100k-every" / "ml-100k-every.train.inter").is_file()
+        return tmp_path
+
+    monkeypatch.setattr(pipeline, "ensure_intent_table", build)
+    code, err = run_main(capsys, "--dataset=ml-100k-every", f"--data_path={tmp_path}", "--intent_backend=text")
+    assert code == 0 and seen == {"train": True}, err
+    assert "from the bundled MovieLens-100K (first use)" in caplog.text
+    assert (tmp_path / "ml-100k-every" / "ml-100k-every.stats.json").is_file()
 
 
 # ---- the error handler (in process: recbole_llm4sbr.errors.run_command) ---------------------------

@@ -78,6 +78,7 @@ def _run(argv: List[str]) -> int:
     from .pipeline import build_intent_table, ensure_intent_table
     from .table import read_meta
 
+    _convert_bundled(settings)
     folder = build_intent_table(settings) if "force" in flags else ensure_intent_table(settings)
     summary = (read_meta(folder) or {}).get("summary", {})
     width = max((len(k) for k in summary), default=0)
@@ -85,6 +86,20 @@ def _run(argv: List[str]) -> int:
         print(f"{k:<{width}}  {v:.2f} s" if k.startswith("time ") else f"{k:<{width}}  {v}")
     print(f"intent table: {folder}")
     return 0
+
+
+def _convert_bundled(settings) -> None:
+    """A dataset built from the MovieLens-100K inside RecBole's wheel (``ml-100k-session``,
+    ``ml-100k-every``) is converted on first use, as training does, so stage 1 can run first."""
+    from ..data.converters.movielens import BUNDLED, ensure_default_dataset
+    from .settings import dataset_dir
+
+    dataset = str(settings["dataset"])
+    folder = dataset_dir(settings)
+    if dataset in BUNDLED and not (folder / f"{dataset}.stats.json").exists():
+        logging.getLogger(__name__).info(f"building {dataset} in {folder.parent} from the bundled "
+                                         "MovieLens-100K (first use)")
+        ensure_default_dataset(folder.parent, dataset)
 
 
 def _verify(settings) -> int:
