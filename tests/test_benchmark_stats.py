@@ -284,6 +284,25 @@ def test_shuffled_intents_decide_the_verdict(tmp_path, monkeypatch):
     assert "| SRGNN | shuffled | 3 | 0.2750 ± 0.0250 | +0.0% |" in section(md, "### Intent variants vs `arch`")
 
 
+def test_the_paper_fusion_is_judged_against_its_own_controls(tmp_path, monkeypatch):
+    """``paper`` gets the same rule with ``paper_arch``/``paper_shuffled``/``paper_text``: its gain over the
+    stock base is not the LLM's when the paper-fusion wrapper with a constant intent matches it."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    renamed = {"llm4sbr": "paper", "arch": "paper_arch", "shuffled": "paper_shuffled", "text": "paper_text"}
+    variants = ("base", "arch", "shuffled", "text", "llm4sbr")
+    cells = [{**c, "variant": renamed.get(c["variant"], c["variant"])} for c in fixture_cells(variants)]
+    names = ("base", "paper_arch", "paper_shuffled", "paper_text", "paper")
+    md = Report(Bench(tmp_path, cells, names)).markdown()
+    assert "### Verdict per base (the rule above, on `llm4sbr`)" not in md  # no residual cells
+    verdict = section(md, "### Verdict per base (the rule above, on `paper`)")
+    assert "| base | metric | vs base | vs paper_arch | vs paper_shuffled | vs paper_text |" in verdict
+    srgnn = [line for line in verdict.splitlines() if line.startswith("| SRGNN |")]
+    assert len(srgnn) == 2 and all(line.endswith("| yes |") for line in srgnn)
+    gru = [line for line in verdict.splitlines() if line.startswith("| GRU4Rec |")]
+    assert gru and all(line.endswith("| no: not above `paper_arch` (the wrapper, not the intents) |") for line in gru)
+    assert "reads `paper` (the paper's fusion) against its own controls (`paper_arch`" in md
+
+
 def test_old_cells_report_na_for_the_bootstrap(tmp_path):
     cells = fixture_cells()
     for c in cells:

@@ -188,30 +188,38 @@ def mean_std_of(by_seed: dict, metric: str) -> tuple:
     return c["mean"], c["std"]
 
 
+def controls_of(fusion: str | None = None) -> tuple:
+    """``(stock, constant, shuffled, text)`` variant names for the full model of ``fusion`` (None: the
+    default fusion's ``llm4sbr``; ``"paper"``: ``paper_arch``, ...)."""
+    return (STOCK, *(role_variant(role, fusion) for role in ("constant_control", "shuffled_control", "text_control")))
+
+
 def llm_verdict(vs_base: dict | None, vs_arch: dict | None, vs_shuffled: dict | None,
-                vs_text: dict | None = None) -> str:
+                vs_text: dict | None = None, names: tuple = (STOCK, CONSTANT, SHUFFLED, TEXT)) -> str:
     """The report's rule: a gain is the LLM's only if ``llm4sbr`` (``INTENTS``) beats the stock base and
     ``arch`` (``CONSTANT``) with the bootstrap CI above 0, and beats ``shuffled`` (other sessions'
     intents) too; and it needs the LLM only if LLM-free ``text`` intents do not match it (without
-    ``text`` cells the verdict says so)."""
+    ``text`` cells the verdict says so). ``names``: the controls' names (``controls_of``: the paper
+    fusion's are ``paper_arch``, ...)."""
     def lo(c):
         return c["boot"]["lo"] if c and c.get("boot") else None
 
-    for name, c in ((STOCK, vs_base), (CONSTANT, vs_arch), (SHUFFLED, vs_shuffled)):
+    stock, constant, shuffled, text = names
+    for name, c in ((stock, vs_base), (constant, vs_arch), (shuffled, vs_shuffled)):
         if c is None:
             return f"open: no `{name}` cells"
         if lo(c) is None:
             return f"n/a: no bootstrap vs `{name}`"
         if lo(c) <= 0:
-            return {STOCK: "no: not above the stock base",
-                    CONSTANT: f"no: not above `{CONSTANT}` (the wrapper, not the intents)",
-                    SHUFFLED: f"no: `{SHUFFLED}` intents do as well"}[name]
+            return {stock: "no: not above the stock base",
+                    constant: f"no: not above `{constant}` (the wrapper, not the intents)",
+                    shuffled: f"no: `{shuffled}` intents do as well"}[name]
     if vs_text is None:
-        return f"yes over the controls; no `{TEXT}` cells: whether it needs the LLM is open"
+        return f"yes over the controls; no `{text}` cells: whether it needs the LLM is open"
     if lo(vs_text) is None:
-        return f"yes over the controls; n/a: no bootstrap vs `{TEXT}`"
+        return f"yes over the controls; n/a: no bootstrap vs `{text}`"
     if lo(vs_text) <= 0:
-        return f"no LLM needed: the intents help, but LLM-free `{TEXT}` intents do as well"
+        return f"no LLM needed: the intents help, but LLM-free `{text}` intents do as well"
     return "yes"
 
 
@@ -394,7 +402,9 @@ class Report:
              f"names); `{INTENTS}` feeds the LLM's intents. A gain is credited to the LLM only if `{INTENTS}` beats "
              f"both `{STOCK}` and `{CONSTANT}` with the bootstrap 95 % CI of the difference above 0, and "
              f"`{SHUFFLED}` does not match it (`{INTENTS}` vs `{SHUFFLED}` CI above 0 too). If `{TEXT}` does as "
-             f"well as `{INTENTS}` (its CI not above 0), the gain needs no LLM: the verdict says so."),
+             f"well as `{INTENTS}` (its CI not above 0), the gain needs no LLM: the verdict says so. The same rule "
+             f"reads `{PAPER}` (the paper's fusion) against its own controls "
+             f"({', '.join(f'`{c}`' for c in controls_of('paper')[1:])})."),
             "",
             ("Columns: mean ± std over seeds; Δ: relative change of the means; t p: two-sided paired t-test over "
              "seeds (2 degrees of freedom with 3 seeds: a rough guide); bootstrap: observed difference of the "
@@ -459,25 +469,33 @@ class Report:
         return lines + [self.caption(), ""]
 
     def verdict_markdown(self) -> list[str]:
-        bases = [b for b in self.bases if (b, INTENTS) in self.groups]
-        if not bases or not self.headline:
+        """The rule above per base and headline metric, for the full model of each fusion that has cells
+        (``llm4sbr`` against ``arch``/``shuffled``/``text``; ``paper`` against ``paper_arch``/...)."""
+        if not self.headline:
             return []
-        others = (STOCK, CONSTANT, SHUFFLED, TEXT)
-        lines = [f"### Verdict per base (the rule above, on `{INTENTS}`)", "",
-                 self._row(["base", "metric", *[f"vs {o}" for o in others], "credited to the LLM"]),
-                 self._row(["---"] * 7)]
-        for base in bases:
-            mine = self.groups[(base, INTENTS)]
-            for m in self.headline:
-                found = {}
-                for other in others:
-                    ref = self.groups.get((base, other))
-                    done = next((r for r in (self.vs_base if other == STOCK else self.vs_arch if other == CONSTANT
-                                             else []) if r["base"] == base and r["variant"] == INTENTS), None)
-                    found[other] = done[m] if done else compare(mine, ref, m) if ref else None
-                cis = [fmt_ci((found[o] or {}).get("boot")) if found[o] else "no cells" for o in others]
-                lines.append(self._row([base, pretty_metric(m), *cis, llm_verdict(*(found[o] for o in others))]))
-        return [*lines, "", f"Cells: bootstrap Δ of `{INTENTS}` minus that variant [95 % CI].", "", self.caption(), ""]
+        lines = []
+        for intents, fusion in ((INTENTS, None), (PAPER, "paper")):
+            bases = [b for b in self.bases if (b, intents) in self.groups]
+            if not bases:
+                continue
+            others = controls_of(fusion)
+            lines += [f"### Verdict per base (the rule above, on `{intents}`)", "",
+                      self._row(["base", "metric", *[f"vs {o}" for o in others], "credited to the LLM"]),
+                      self._row(["---"] * 7)]
+            for base in bases:
+                mine = self.groups[(base, intents)]
+                for m in self.headline:
+                    found = {}
+                    for other in others:
+                        ref = self.groups.get((base, other))
+                        done = next((r for r in (self.vs_base if other == STOCK else self.vs_arch if other == CONSTANT
+                                                 else []) if r["base"] == base and r["variant"] == intents), None)
+                        found[other] = done[m] if done else compare(mine, ref, m) if ref else None
+                    cis = [fmt_ci((found[o] or {}).get("boot")) if found[o] else "no cells" for o in others]
+                    verdict = llm_verdict(*(found[o] for o in others), names=others)
+                    lines.append(self._row([base, pretty_metric(m), *cis, verdict]))
+            lines += ["", f"Cells: bootstrap Δ of `{intents}` minus that variant [95 % CI].", ""]
+        return [*lines, self.caption(), ""] if lines else []
 
     def cells_markdown(self) -> list[str]:
         lines = ["## Cells: protocol, setting, epochs", "",
