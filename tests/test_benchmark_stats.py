@@ -369,6 +369,14 @@ def test_no_harm_table_and_best_against_best_pick_on_validation(tmp_path, monkey
     best = section(md, "### The best wrapped model against the best stock model")
     assert "best stock model **GRU4Rec**, best wrapped model **LLM4SBR_SRGNN**" in best
     assert "| Recall@20 | 0.2250 ± 0.0250 | 0.5250 ± 0.0250 | +0.3000 [" in best
+    # the LLM-free configuration a user can also run, picked the same way among the `text` cells
+    for c in cells:
+        if (c["base"], c["variant"]) == ("GRU4Rec", "text"):
+            c["best_valid_score"] = 0.07
+    md = write_reports(Bench(tmp_path, cells), plot=False, quiet=True)["md"].read_text()
+    text = section(md, "### The best wrapped model with LLM-free text intents against the best stock model")
+    assert "best stock model **GRU4Rec**, best wrapped model **LLM4SBR_GRU4Rec** (`text`)" in text
+    assert "| Recall@20 | 0.2250 ± 0.0250 | 0.3750 ± 0.0250 | +0.1500 [" in text  # 14-16 vs 8-10 hits of 40
     # the verdict words
     ci = {"mean": 0.2, "ref mean": 0.21}
     assert agg.no_harm_verdict({**ci, "boot": {"lo": -0.01, "hi": 0.02}}) == "below"

@@ -369,26 +369,38 @@ class Report:
                     cols += [fmt_mean_std(c["mean"], c["std"]), fmt_ci(c.get("boot")), no_harm_verdict(c)]
             lines.append(self._row(cols))
         lines += ["", self.caption(), ""]
-        stock = best_by_validation(self.cells, STOCK, self.bases)
-        found = best_by_validation(self.cells, wrapped, self.bases)
-        if stock and found:
-            best, fusion = found
-            lines += ["### The best wrapped model against the best stock model", "",
-                      (f"Each picked by its mean validation score over seeds (`valid_metric`), never by test, among "
-                       f"the stock bases and among the wrapped full models ({', '.join(f'`{v}`' for v in wrapped)}): "
-                       f"best stock model **{stock}**, best wrapped model **LLM4SBR_{best}** (`{fusion}`). Their "
-                       "test difference, paired over the seeds both have:"), "",
-                      self._row(["metric", f"stock {stock}", f"LLM4SBR_{best} ({fusion})", "difference [95 % CI]",
-                                 "t p", "boot p"]),
-                      self._row(["---"] + ["---:"] * 5)]
-            for m in self.headline:
-                c = compare(self.groups[(best, fusion)], self.groups[(stock, STOCK)], m)
-                boot = c.get("boot")
-                lines.append(self._row([pretty_metric(m), fmt_mean_std(c["ref mean"], c["ref std"]),
-                                        fmt_mean_std(c["mean"], c["std"]), fmt_ci(boot), fmt_p(c["p"]),
-                                        fmt_p(boot["p"]) if boot else "n/a"]))
-            lines += [""]
+        lines += self._best_against_best(
+            "### The best wrapped model against the best stock model", wrapped, "the wrapped full models")
+        lines += self._best_against_best(
+            "### The best wrapped model with LLM-free text intents against the best stock model",
+            [v for v in (TEXT, controls_of("paper")[3]) if any((b, v) in self.groups for b in self.bases)],
+            "the wrapped models fed the prefix's own item names instead of an LLM's answers (`intent_backend: "
+            "text`; the `text` controls, a configuration a user can run without any LLM)")
         return lines
+
+    def _best_against_best(self, title: str, candidates: Sequence[str], described: str) -> list[str]:
+        """The best stock model and the best of ``candidates`` (each picked by mean validation score over
+        seeds, never by test) compared on test, paired over the seeds both have; [] without cells."""
+        stock = best_by_validation(self.cells, STOCK, self.bases)
+        found = best_by_validation(self.cells, candidates, self.bases) if candidates else None
+        if not (stock and found):
+            return []
+        best, variant = found
+        lines = [title, "",
+                 (f"Each picked by its mean validation score over seeds (`valid_metric`), never by test, among "
+                  f"the stock bases and among {described} ({', '.join(f'`{v}`' for v in candidates)}): "
+                  f"best stock model **{stock}**, best wrapped model **LLM4SBR_{best}** (`{variant}`). Their "
+                  "test difference, paired over the seeds both have:"), "",
+                 self._row(["metric", f"stock {stock}", f"LLM4SBR_{best} ({variant})", "difference [95 % CI]",
+                            "t p", "boot p"]),
+                 self._row(["---"] + ["---:"] * 5)]
+        for m in self.headline:
+            c = compare(self.groups[(best, variant)], self.groups[(stock, STOCK)], m)
+            boot = c.get("boot")
+            lines.append(self._row([pretty_metric(m), fmt_mean_std(c["ref mean"], c["ref std"]),
+                                    fmt_mean_std(c["mean"], c["std"]), fmt_ci(boot), fmt_p(c["p"]),
+                                    fmt_p(boot["p"]) if boot else "n/a"]))
+        return lines + [""]
 
     def headline_markdown(self) -> list[str]:
         lines = self.user_markdown()
