@@ -338,7 +338,7 @@ class Report:
         """What a user asks first: does wrapping cost my base (``WRAPPED_MODELS``: ``llm4sbr`` and ``paper`` against the
         stock base), and does the best wrapped model beat the best stock model (both picked on the
         validation split, then compared on test)."""
-        wrapped = [v for v in WRAPPED_MODELS if any((b, v) in self.groups for b in self.bases)]
+        wrapped = self._with_cells(WRAPPED_MODELS)
         if not wrapped or not self.headline:
             return []
         lines = ["## Does wrapping cost the base? Does the best wrapped model beat the best stock model?", "",
@@ -373,10 +373,14 @@ class Report:
             "### The best wrapped model against the best stock model", wrapped, "the wrapped full models")
         lines += self._best_against_best(
             "### The best wrapped model with LLM-free text intents against the best stock model",
-            [v for v in (TEXT, controls_of("paper")[3]) if any((b, v) in self.groups for b in self.bases)],
+            self._with_cells(role_variants("text_control")),
             "the wrapped models fed the prefix's own item names instead of an LLM's answers (`intent_backend: "
             "text`; the `text` controls, a configuration a user can run without any LLM)")
         return lines
+
+    def _with_cells(self, variants: Sequence[str]) -> list[str]:
+        """``variants`` that have cells for at least one of the report's bases."""
+        return [v for v in variants if any((b, v) in self.groups for b in self.bases)]
 
     def _best_against_best(self, title: str, candidates: Sequence[str], described: str) -> list[str]:
         """The best stock model and the best of ``candidates`` (each picked by mean validation score over
@@ -486,11 +490,11 @@ class Report:
         if not self.headline:
             return []
         lines = []
-        for intents, fusion in ((INTENTS, None), (PAPER, "paper")):
+        for intents in WRAPPED_MODELS:  # one full model per fusion, each with its own controls
             bases = [b for b in self.bases if (b, intents) in self.groups]
             if not bases:
                 continue
-            others = controls_of(fusion)
+            others = controls_of(VARIANTS[intents].fusion)
             lines += [f"### Verdict per base (the rule above, on `{intents}`)", "",
                       self._row(["base", "metric", *[f"vs {o}" for o in others], "credited to the LLM"]),
                       self._row(["---"] * 7)]

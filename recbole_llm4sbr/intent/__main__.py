@@ -95,11 +95,8 @@ def _convert_bundled(settings) -> None:
     from .settings import dataset_dir
 
     dataset = str(settings["dataset"])
-    folder = dataset_dir(settings)
-    if dataset in BUNDLED and not (folder / f"{dataset}.stats.json").exists():
-        logging.getLogger(__name__).info(f"building {dataset} in {folder.parent} from the bundled "
-                                         "MovieLens-100K (first use)")
-        ensure_default_dataset(folder.parent, dataset)
+    if dataset in BUNDLED:
+        ensure_default_dataset(dataset_dir(settings).parent, dataset, log=logging.getLogger(__name__).info)
 
 
 def _verify(settings) -> int:

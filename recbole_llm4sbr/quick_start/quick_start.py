@@ -52,15 +52,15 @@ def prepare_dataset(config, logger) -> None:
         return
     from recbole_llm4sbr.paths import default_data_path
 
+    log = logger.info  # the converter says "building ... (first use)" when it converts
     if not os.path.exists(os.path.join(root, dataset, f"{dataset}.stats.json")):
         if not os.path.isdir(root) and os.path.abspath(root) != os.path.abspath(str(default_data_path())):
             logger.warning(f"data_path {root} does not exist: creating it and building {dataset} there from "
                            f"the bundled MovieLens-100K; stage 1 then runs for that copy too (its LLM answers "
                            f"are cached per data_path). Fix: --data_path=<the folder that holds {dataset}/> "
                            f"if you meant existing data")
-        else:
-            logger.info(f"building {dataset} in {root} from the bundled MovieLens-100K (first use)")
-    ensure_default_dataset(root, dataset)
+            log = None
+    ensure_default_dataset(root, dataset, log=log)
 
 
 @dataclass

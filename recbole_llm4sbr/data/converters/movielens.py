@@ -154,13 +154,17 @@ def convert_ml100k(raw_dir=None, data_path=None, dataset: str = DEFAULT_ML100K, 
 BUNDLED = {DEFAULT_ML100K: "last", "ml-100k-every": "eval_every"}
 
 
-def ensure_default_dataset(data_path=None, dataset: str = DEFAULT_ML100K) -> str:
+def ensure_default_dataset(data_path=None, dataset: str = DEFAULT_ML100K, log=None) -> str:
     """Build a bundled dataset (``BUNDLED``; default `ml-100k-session`) into `data_path` unless its
-    stats.json (written last) exists; returns the dataset name. Cheap when present: one stat() call."""
+    stats.json (written last) exists; returns the dataset name. Cheap when present: one stat() call.
+    ``log`` (e.g. ``logger.info``) is told in one line when a conversion starts (training and stage 1
+    say the same thing)."""
     data_path = data_path_or_default(data_path)
     if dataset not in BUNDLED:
         raise ConversionError(f"dataset {dataset!r} is not built from the bundled MovieLens-100K; "
                          f"those are {sorted(BUNDLED)}")
     if not os.path.exists(data_path / dataset / f"{dataset}.stats.json"):
+        if log is not None:
+            log(f"building {dataset} in {data_path} from the bundled MovieLens-100K (first use)")
         convert_ml100k(data_path=data_path, dataset=dataset, samples=BUNDLED[dataset])
     return dataset
