@@ -19,7 +19,7 @@ from recbole_llm4sbr.intent.backends import check_backend_name
 from recbole_llm4sbr.known_keys import warn_unknown
 from recbole_llm4sbr.paths import default_data_path, properties_dir
 from recbole_llm4sbr.utils import get_model
-from recbole_llm4sbr.validation import validate
+from recbole_llm4sbr.validation import intents_off, validate
 
 RECBOLE_PROPERTIES = os.path.join(os.path.dirname(recbole.__file__), "properties")
 
@@ -41,6 +41,7 @@ class Config(RecBoleConfig):
         super().__init__(model=model, dataset=dataset, config_file_list=config_file_list,
                          config_dict=config_dict)
         validate(self)
+        apply_intents_off(self)
         check_backend_name(self)
         warn_unknown(self.external_config_dict)  # --epoch=2: RecBole would ignore it silently
 
@@ -77,3 +78,13 @@ class Config(RecBoleConfig):
                 if file == dataset_file and loaded:
                     self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
 
+
+
+def apply_intents_off(config) -> None:
+    """``intent_strength: off`` (residual fusion): ``LLM4SBR_<Base>`` is ``<Base>`` (no intent term, no
+    training loss on the intents), so it needs no stage-1 table, in training or serving: ``load_intent``
+    and ``semantic_at_inference`` are set False (the checkpoint's config says so to the server)."""
+    if intents_off(config):
+        config["intent_strength"] = "off"
+        config["load_intent"] = False
+        config["semantic_at_inference"] = False

@@ -118,6 +118,26 @@ def either(*rules: Rule) -> Rule:
     return Rule(lambda v: any(r.check(v) for r in rules), " or ".join(r.allowed for r in rules), rules[0].example)
 
 
+def strength_off(value) -> bool:
+    """Whether an ``intent_strength`` value is ``off``: the word (any case) or YAML's reading of an
+    unquoted ``off`` (False). ``0`` is a number, not off: the intents still act through the training losses."""
+    return value is False or (isinstance(value, str) and value.strip().lower() == "off")
+
+
+def intents_off(config) -> bool:
+    """Whether ``config`` (a RecBole Config or a dict) turns the intents off: ``intent_strength: off``
+    under the residual fusion (the key is the residual's alone; the paper's fusion ignores it)."""
+    fusion = str(_get(config, "fusion") or "residual").strip().lower()
+    return fusion == "residual" and strength_off(_get(config, "intent_strength"))
+
+
+def intent_strength(value):
+    """``intent_strength`` as the model and the benchmark read it: ``"off"`` or a float (None -> 1.0)."""
+    if value is None:
+        return 1.0
+    return "off" if strength_off(value) else float(value)
+
+
 def template() -> Rule:
     return Rule(lambda v: isinstance(v, str) and "{items}" in v and "{qualifier}" in v,
                 "a prompt template containing {items} and {qualifier}", "'... {items} ... {qualifier} ...'")
@@ -194,7 +214,7 @@ RULES: Dict[str, Rule] = {
     "view_behaviour": mapping_of(("global", "local")),
     "au_weight": real(0, example="0.1"),
     "fusion": choice("residual", "paper"),
-    "intent_strength": real(0, example="1.0"),
+    "intent_strength": either(real(0, example="1.0"), Rule(strength_off, "off", "off")),
     "intent_localization": flag(),
     "intent_mmap": either(choice("auto"), flag()),
     "intent_buffer_dtype": choice("float16", "float32"),

@@ -695,6 +695,53 @@ def test_base_mode_tunes_the_intent_strength_around_the_stock_setting(tmp_path):
     assert by[("base", 8)]["setting"] == {"learning_rate": 0.0003, "lr_step_size": 0}
 
 
+def test_intent_strength_off_is_the_stock_run_and_wins_when_validation_prefers_it(tmp_path):
+    """``--grid_intent_strength=0,1,off``: the off point of a residual variant is the stock base's own
+    run (never trained as a wrapped model); when the stock base's validation score beats every intent
+    strength, each seed's final cell of that variant IS the stock cell of that seed, labelled as the
+    variant with ``intent_strength: off`` and ``stock_run`` naming the stock cell (a zero difference)."""
+    trained = []
+
+    def trainer(model, dataset, files, config_dict, **kwargs):
+        lr, step = config_dict["learning_rate"], config_dict["lr_step_size"]
+        strength = config_dict.get("intent_strength")
+        trained.append((model, config_dict["seed"], lr, step, strength))
+        valid = 0.2 if (lr, step) == (0.001, 0) else 0.1
+        if strength is not None:  # llm4sbr: below stock at every strength; arch: above at strength 1
+            valid += 0.05 if (strength == 1 and config_dict.get("intent_control") == "constant") else -0.05
+        seed = config_dict["seed"]
+        return {"test_result": {"recall@20": 0.1 + seed / 1000, "mrr@20": 0.01}, "best_valid_score": valid,
+                "valid_score_bigger": True, "best_epoch": 3, "epochs_run": 9, "epochs_max": 50,
+                "per_sample": None}
+
+    variants = ["base", "llm4sbr", "arch"]
+    bench = Benchmark("ds", ["GRU4Rec"], variants, [7, 8], {}, tmp_path, trainer=trainer, commit="abc",
+                      tune="base", grid={"intent_strength": [0, 1, "off"]})
+    bench.prepare_stage1 = lambda cells: None
+    assert bench.total_runs() == (4 + 1) + 2 * (2 + 1)  # the off points train nothing
+    finals = bench.run()
+    wrapped = "LLM4SBR_GRU4Rec"
+    assert not [t for t in trained if t[4] == "off"]
+    assert [t for t in trained if t[0] == "GRU4Rec"] == [("GRU4Rec", 7, lr, s, None) for lr in (0.001, 0.0003)
+                                                       for s in (0, 3)] + [("GRU4Rec", 8, 0.001, 0, None)]
+    assert [t for t in trained if t[0] == wrapped and t[1] == 8] == [(wrapped, 8, 0.001, 0, 1)]  # arch only
+    by = {(c["variant"], c["seed"]): c for c in finals}
+    for seed in (7, 8):
+        off, stock = by[("llm4sbr", seed)], by[("base", seed)]
+        assert off["setting"] == {"learning_rate": 0.001, "lr_step_size": 0, "intent_strength": "off"}
+        assert off["stock_run"] == stock["id"] and off["model"] == wrapped and off["variant"] == "llm4sbr"
+        assert off["test_result"] == stock["test_result"] and off["setting_from"] == "base"
+        assert by[("arch", seed)]["setting"]["intent_strength"] == 1 and "stock_run" not in by[("arch", seed)]
+    assert [g["setting"]["intent_strength"] for g in by[("llm4sbr", 7)]["grid"]] == [0, 1, "off"]
+    # a control keeps its intents on: what it measures is what they do
+    assert [g["setting"]["intent_strength"] for g in by[("arch", 7)]["grid"]] == [0, 1]
+    # a per-base default of off (no grid axis) is the stock run too
+    plan = Benchmark("ds", ["GRU4Rec"], ["base", "llm4sbr"], [7], {"intent_strength": "off"}, tmp_path / "fixed",
+                     trainer=trainer, commit="abc", protocol="paper")
+    stock_cell, off_cell = plan.plan()
+    assert off_cell == stock_cell and off_cell.stands_for[0] == "llm4sbr"
+
+
 def test_wrapped_cells_digest_their_fusion():
     """A cell trained with the paper's fusion can never stand for one with the residual fusion (the
     default), nor one intent strength for another; the stock base's digest ignores both."""

@@ -32,13 +32,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from recbole_llm4sbr.benchmark.variants import VARIANTS, variant_config
+from recbole_llm4sbr.benchmark.variants import VARIANTS, role_variant, variant_config
 from recbole_llm4sbr.errors import LLM4SBRError
 from recbole_llm4sbr.intent.registry import only_key_prefixes
+from recbole_llm4sbr.validation import strength_off
 
+#: the stock base's variant name
+STOCK = role_variant("stock")
 #: overrides that never change a result (left out of the cell digest)
 NEUTRAL_KEYS = {"show_progress", "state", "checkpoint_dir", "benchmark", "log_wandb", "debug"}
 #: stage-1 keys: only LLM4SBR models read them (left out of the stock base's digest): ``intent_`` and the
@@ -173,7 +176,8 @@ def relevant_settings(dataset: str, variant: str, overrides: Dict[str, object],
         keep["fusion"] = fusion
         if fusion == "residual":
             strength = _value(keep.get("intent_strength", defaults.get("intent_strength", 1.0)))
-            keep["intent_strength"] = float(strength) if isinstance(strength, (int, float)) else strength
+            keep["intent_strength"] = ("off" if strength_off(strength) else
+                                       float(strength) if isinstance(strength, (int, float)) else strength)
         else:
             keep.pop("intent_strength", None)
     return {"dataset": dataset, "variant": variant, "overrides": keep,
@@ -186,13 +190,18 @@ def settings_digest(settings: dict) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run; ``setting`` (sorted ``(key, value)`` pairs) is what it trains with."""
+    """One training run; ``setting`` (sorted ``(key, value)`` pairs) is what it trains with.
+
+    ``stands_for`` (not part of the run's identity): ``(variant, setting)`` of the wrapped run this
+    stock run stands for: a residual variant with ``intent_strength: off`` is its stock base, weight
+    for weight (tests/test_intents_off.py), so its run is the stock base's, read, never trained twice."""
 
     base: str
     variant: str
     seed: int
     digest: str
     setting: Tuple[Tuple[str, object], ...] = ()
+    stands_for: Optional[Tuple[str, Tuple[Tuple[str, object], ...]]] = field(default=None, compare=False)
 
     @property
     def id(self) -> str:
@@ -201,6 +210,12 @@ class Cell:
     @property
     def model(self) -> str:
         return VARIANTS[self.variant].model(self.base)
+
+
+def setting_of(cell: Cell) -> Tuple[Tuple[str, object], ...]:
+    """What ``cell`` trains with, as its plan slot sees it (a stock run standing for a wrapped one: the
+    wrapped setting, ``intent_strength: off`` included)."""
+    return cell.stands_for[1] if cell.stands_for else cell.setting
 
 
 class Slot(NamedTuple):
@@ -259,11 +274,18 @@ class Plan:
         return out
 
     def cell(self, base: str, variant: str, seed: int, setting: Dict[str, object]) -> Cell:
+        """The run of (base, variant, seed) with ``setting``; for a wrapped variant whose intents are
+        off (``intent_strength: off``, by the setting or a default) the stock base's run with the same
+        training setting, marked ``stands_for`` that variant and setting."""
         key = (base, variant, seed, tuple(sorted(setting.items())))
         if key not in self._cells:
             settings = relevant_settings(self.dataset, variant, self.run_overrides(variant, setting),
                                          self.config_files, base)
-            self._cells[key] = Cell(base, variant, seed, settings_digest(settings), key[3])
+            if VARIANTS[variant].wrapped and settings["overrides"].get("intent_strength") == "off":
+                stock = self.cell(base, STOCK, seed, {k: v for k, v in setting.items() if k not in self.wrapped_axes})
+                self._cells[key] = replace(stock, stands_for=(variant, key[3]))
+            else:
+                self._cells[key] = Cell(base, variant, seed, settings_digest(settings), key[3])
         return self._cells[key]
 
     def cell_settings(self, cell: Cell) -> dict:
@@ -302,7 +324,20 @@ class Plan:
             return grid_settings(self.base_axes)
         if self.fusion_of(variant) != "residual":
             return grid_settings({k: v for k, v in self.grid.items() if k not in RESIDUAL_ONLY_KEYS})
-        return grid_settings(self.grid)
+        return self._with_stock_point(variant, grid_settings(self.grid))
+
+    @staticmethod
+    def _with_stock_point(variant: str, points: List[Dict[str, object]]) -> List[Dict[str, object]]:
+        """``points`` as ``variant`` searches them: ``intent_strength: off`` (the stock base's run) is a
+        candidate of the model a user runs (role ``intents``: ``llm4sbr``) only; a control (``arch``,
+        ``shuffled``, ``text``) keeps its intents on, since what it measures is what they do."""
+        if VARIANTS[variant].role == "intents":
+            return points
+        return [p for p in points if not strength_off(p.get("intent_strength"))] or points
+
+    def wrapped_points(self, variant: str) -> List[Dict[str, object]]:
+        """The wrapped-only axes' points ``variant`` searches around the source's setting."""
+        return self._with_stock_point(variant, grid_settings(self.wrapped_axes))
 
     def _around_source(self) -> bool:
         """``--tune=base`` with wrapped-only axes: a reusing variant searches them around the source's setting."""
@@ -319,7 +354,7 @@ class Plan:
             if source is None:
                 return []
             return [self.cell(base, variant, self.seeds[0], {**dict(source.setting), **point})
-                    for point in grid_settings(self.wrapped_axes)]
+                    for point in self.wrapped_points(variant)]
         return [self.cell(base, variant, self.seeds[0], s) for s in self.variant_grid(variant)]
 
     def chosen(self, base: str, variant: str) -> Optional[Cell]:
@@ -333,7 +368,7 @@ class Plan:
                 return None
             setting = dict(source.setting)
             if self.source == "base":  # the base's training setting, the wrapped-only axes' one value
-                setting.update(grid_settings(self.wrapped_axes)[0])
+                setting.update(self.wrapped_points(variant)[0])
             return self.cell(base, variant, self.seeds[0], setting)
         runs = [(c, self.load(c)) for c in self.grid_cells(base, variant)]
         if not runs or any(data is None for _, data in runs):
@@ -355,7 +390,7 @@ class Plan:
             return None
         if slot.seed == choice.seed:
             return choice
-        return self.cell(slot.base, slot.variant, slot.seed, dict(choice.setting))
+        return self.cell(slot.base, slot.variant, slot.seed, dict(setting_of(choice)))
 
     def plan(self) -> List[Cell]:
         """The final cells in slot order; one still being tuned stands as a placeholder cell (digest
@@ -382,7 +417,7 @@ class Plan:
         out = []
         for c in self.grid_cells(base, variant):
             data = self.load(c) or {}
-            out.append({"setting": dict(c.setting), "best_valid_score": data.get("best_valid_score"),
+            out.append({"setting": dict(setting_of(c)), "best_valid_score": data.get("best_valid_score"),
                         "best_epoch": data.get("best_epoch"), "epochs_run": data.get("epochs_run"),
                         "epochs_max": data.get("epochs_max")})
         return out
@@ -391,10 +426,13 @@ class Plan:
         """A run's JSON as the final cell of its slot: with this benchmark's protocol, the setting, the
         grid it was chosen from, the tuning seed and whether the epoch cap ended it."""
         best, cap = data.get("best_epoch"), data.get("epochs_max")
-        reused = self.reuses(cell.variant)
+        variant = cell.stands_for[0] if cell.stands_for else cell.variant
+        reused = self.reuses(variant)
+        if cell.stands_for:  # the stock run, as the wrapped variant with its intents off
+            data = {**data, "variant": variant, "model": VARIANTS[variant].model(cell.base), "stock_run": cell.id}
         return {**data, "protocol": self.protocol.name + (f" (setting reused from {self.source})" if reused else ""),
-                "setting": dict(cell.setting), "setting_from": self.source if reused else None,
-                "grid": self.grid_summary(cell.base, cell.variant),
+                "setting": dict(setting_of(cell)), "setting_from": self.source if reused else None,
+                "grid": self.grid_summary(cell.base, variant),
                 "tuned_on_seed": self.seeds[0] if self.searched else None,
                 "at_cap": bool(best is not None and cap and best + 1 >= cap)}
 
@@ -412,14 +450,21 @@ class Plan:
         if not self.searched:
             return len(self.bases) * len(self.variants) * len(self.seeds)
         n_seeds = len(self.seeds)
-        around = len(grid_settings(self.wrapped_axes)) if self._around_source() else 1
         per_base = 0
         for variant in self.variants:
+            around = len(self.wrapped_points(variant)) if self._around_source() else 1
             own = around if self.reuses(variant) else len(self.variant_grid(variant))
-            per_base += own + n_seeds - 1
+            per_base += own - self._stock_points(variant) + n_seeds - 1
         if any(self.reuses(v) for v in self.variants) and self.source not in self.variants:
             per_base += len(self.variant_grid(self.source))  # the source's grid, planned for its choice only
         return len(self.bases) * per_base
+
+    def _stock_points(self, variant: str) -> int:
+        """How many of ``variant``'s tuning points are its stock base's run (``intent_strength: off``)."""
+        if not VARIANTS[variant].wrapped or self.fusion_of(variant) != "residual":
+            return 0
+        points = self.wrapped_points(variant) if self.reuses(variant) else self.variant_grid(variant)
+        return sum(strength_off(p.get("intent_strength")) for p in points) if self.searched else 0
 
     def _left(self) -> List[Tuple[str, str]]:
         """(base, variant) of every run still to train, including the seeds of untuned pairs."""

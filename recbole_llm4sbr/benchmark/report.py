@@ -140,8 +140,11 @@ def backend_label(intent: dict | None) -> str:
 def backends_by_variant(cells: Sequence[dict]) -> dict[str, str]:
     """variant -> the intent backend(s) its cells used; 'none' for the stock base."""
     out: dict[str, list[str]] = {}
-    for cell in cells:
-        label = backend_label(cell.get("intent")) if is_wrapped(cell["variant"], cells) else "none (stock base)"
+    for cell in sorted(cells, key=lambda c: bool(c.get("stock_run"))):  # a stock run standing for a
+        if cell.get("stock_run") and out.get(cell["variant"]):          # wrapped one adds no backend
+            continue
+        label = ("off (the stock base's run)" if cell.get("stock_run") else
+                 backend_label(cell.get("intent")) if is_wrapped(cell["variant"], cells) else "none (stock base)")
         out.setdefault(cell["variant"], [])
         if label not in out[cell["variant"]]:
             out[cell["variant"]].append(label)
@@ -345,7 +348,9 @@ class Report:
                  (f"`{INTENTS}`: the default fusion (`fusion: residual`: the base's own session vector plus an "
                   f"intent term that starts at zero); `{PAPER}`: the paper's gated fusion, which replaces the base's vector. "
                   "Verdict per metric: gains (bootstrap 95 % CI of the difference above 0), holds (mean at least the "
-                  "stock base's, CI not wholly below 0), below (mean under it, CI across 0), costs (CI wholly below 0)."),
+                  "stock base's, CI not wholly below 0), below (mean under it, CI across 0), costs (CI wholly below 0). "
+                  "`off: the stock run`: the setting chosen on validation was `intent_strength: off`, under which "
+                  "LLM4SBR_<Base> is <Base> weight for weight, so its cells are the stock base's own runs."),
                  ""]
         head = ["base", "seeds", *[f"stock {pretty_metric(m)}" for m in self.headline]]
         for v in wrapped:
@@ -366,7 +371,9 @@ class Report:
                         cols += ["no cells", "", ""]
                         continue
                     c = compare(mine, ref, m)
-                    cols += [fmt_mean_std(c["mean"], c["std"]), fmt_ci(c.get("boot")), no_harm_verdict(c)]
+                    off = all(cell.get("stock_run") for cell in mine.values())
+                    cols += [fmt_mean_std(c["mean"], c["std"]), fmt_ci(c.get("boot")),
+                             no_harm_verdict(c) + (" (off: the stock run)" if off else "")]
             lines.append(self._row(cols))
         lines += ["", self.caption(), ""]
         lines += self._best_against_best(

@@ -51,6 +51,7 @@ from recbole_llm4sbr.model.fusion import FUSIONS, GatedFusion, IntentResidual
 from recbole_llm4sbr.model.mapped_intents import MappedIntents
 from recbole_llm4sbr.model.semantic import EIMFSemantic, EIMFTerms, text_target_loss
 from recbole_llm4sbr.model.views import Call, seq_len_of
+from recbole_llm4sbr.validation import intent_strength, intents_off
 
 #: names the bases give the arguments of their ``forward``
 SEQ_ARGS = ("item_seq", "seq_item")
@@ -113,6 +114,13 @@ class LLM4SBRMixin:
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.KEY_FIELD = config["PREFIX_KEY_FIELD"] or "prefix_key"
+        #: ``intent_strength: off``: the base alone. Nothing below is built (no parameter drawn from
+        #: the RNG after the base's own), and forward/loss/scoring are the base's: the model trains and
+        #: scores bit for bit as the stock base with the same seed (tests/test_intents_off.py).
+        self.intents_off = intents_off(config)
+        if self.intents_off:
+            self._init_off(config)
+            return
         self._check_width(dataset)
         self.views = list(config["llm4sbr_views"])
         self.semantic_at_inference = as_flag(config["semantic_at_inference"], default=True)
@@ -161,13 +169,22 @@ class LLM4SBRMixin:
         self.fusion_mode = str(config["fusion"] or "residual").strip().lower()
         if self.fusion_mode not in FUSIONS:
             raise ConfigError(f"fusion = {config['fusion']!r}: expected one of {FUSIONS}. Fix: --fusion=residual")
-        self.intent_strength = float(1.0 if config["intent_strength"] is None else config["intent_strength"])
+        self.intent_strength = intent_strength(config["intent_strength"])
         self.residual = None
         if self.fusion_mode == "residual":  # R reads H_sess and, when the forward path has them, the intents
             n_intents = len(self.views) if self.semantic_at_inference else 0
             self.residual = IntentResidual(out_size + n_intents * view_size, out_size)
         self._init_semantic_prediction(dataset, out_size, d_text)
         self._state: Optional[CallState] = None
+
+    def _init_off(self, config):
+        """The attributes the wrapper's readers look at, for a model that is its base (no intents)."""
+        self.views, self.semantic_at_inference, self.intent_strength = list(config["llm4sbr_views"] or []), False, "off"
+        self.au_weight = self.text_target_weight = self.eimf_weight = 0.0
+        self.intent_control, self._mapped_intents, self.fusion_mode = None, None, "off"
+        self.projection = self.fusion = self.residual = self.text_target_head = self.eimf = None
+        for name in ("intent_vectors", "intent_constant", "item_text_vectors"):
+            self.register_buffer(name, None, persistent=False)
 
     def _init_semantic_prediction(self, dataset, out_size: int, d_text: Optional[int]):
         """The training-only text-side heads (``model/semantic.py``): the text target's ``P`` (``d ->
@@ -281,6 +298,8 @@ class LLM4SBRMixin:
         return self.project_intents(vectors)
 
     def forward(self, *args, **kwargs):
+        if self.intents_off:
+            return self.base_model_class.forward(self, *args, **kwargs)
         bound = self.forward_signature.bind(self, *args, **kwargs)
         by_role = {role: bound.arguments.get(name) for name, role in self.forward_roles.items()}
         item_seq = by_role["seq"]
@@ -380,6 +399,8 @@ class LLM4SBRMixin:
         return self.eimf(interests, self.item_text_vectors, targets, session, self.item_embedding(targets))
 
     def calculate_loss(self, interaction):
+        if self.intents_off:
+            return self.base_model_class.calculate_loss(self, interaction)
         reads = self._reads_intents_in_training()
         if reads:
             self._require_keys(interaction)
@@ -407,15 +428,22 @@ class LLM4SBRMixin:
             return method(interaction)
 
     def predict(self, interaction):
+        if self.intents_off:
+            return self.base_model_class.predict(self, interaction)
         return self._scoring(interaction, self._base_predict)
 
     def full_sort_predict(self, interaction):
+        if self.intents_off:
+            return self.base_model_class.full_sort_predict(self, interaction)
         return self._scoring(interaction, self._base_full_sort_predict)
 
     def full_sort_predict_with_intents(self, interaction, vectors: torch.Tensor):
         """``full_sort_predict`` with the sessions' intent vectors ``[B, V, d_text]`` given directly
         (V in ``self.views`` order): serving a prefix that is not in the intent table. With
-        ``intent_control: constant`` they are replaced by the constant vector, as in training."""
+        ``intent_control: constant`` they are replaced by the constant vector, as in training; with the
+        intents off they are not read."""
+        if self.intents_off:
+            return self.base_model_class.full_sort_predict(self, interaction)
         return self._scoring(interaction, self._base_full_sort_predict, vectors=vectors)
 
 
