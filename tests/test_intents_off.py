@@ -43,6 +43,8 @@ def trained(root, width, model, **overrides):
     config_dict = {"data_path": str(root), "epochs": 2, "show_progress": False, "state": "WARNING",
                    "checkpoint_dir": str(root / "saved" / model), "train_batch_size": 32, "eval_batch_size": 64,
                    "MAX_ITEM_LIST_LENGTH": width, "seed": 7, **SMALL, **overrides}
+    if not model.startswith("LLM4SBR_"):
+        config_dict.pop("intent_strength", None)  # a stock model has no such key
     config = make_config(model, "tiny", config_dict=config_dict, read_cmd_line=False)
     _, (train, valid, test), net, trainer = build(config)
     best_score, _ = trainer.fit(train, valid, saved=True, show_progress=False)
@@ -90,15 +92,27 @@ def test_off_is_read_from_yaml_and_the_command_line(tiny, tmp_path):
         make_config("LLM4SBR_SASRec", "tiny", config_dict={**common, "intent_strength": "of"}, read_cmd_line=False)
 
 
-def test_off_scores_without_prefix_keys(tiny):
-    """Serving a model with the intents off needs no prefix key and no intent (as the stock base)."""
-    root, width = tiny
-    _, off, _, _, _ = trained(root, width, "LLM4SBR_GRU4Rec", intent_strength="off", epochs=1)
-    off.eval()
-    seq = torch.tensor([[3, 4, 5, 0, 0, 0, 0, 0][:width]])
+def test_off_serves_like_the_stock_base_without_intents(tiny):
+    """A checkpoint trained with the intents off serves without prefix keys or an intent table (its
+    config says ``semantic_at_inference: False``) and recommends exactly what the stock checkpoint does."""
     from recbole.data.interaction import Interaction
 
+    from recbole_llm4sbr.serve import ServedModel
+
+    root, width = tiny
+    for model in ("GRU4Rec", "LLM4SBR_GRU4Rec"):
+        _, off, _, _, _ = trained(root, width, model, intent_strength="off", epochs=1,
+                                  checkpoint_dir=str(root / "serve" / model))
+    off.eval()
+    seq = torch.tensor([[3, 4, 5, 0, 0, 0, 0, 0][:width]])
     batch = Interaction({off.ITEM_SEQ: seq, off.ITEM_SEQ_LEN: torch.tensor([3])})
     with torch.no_grad():
         scores = off.full_sort_predict(batch)
     assert scores.shape[0] == 1 and np.isfinite(scores.numpy()).all()
+    served = {}
+    for model in ("GRU4Rec", "LLM4SBR_GRU4Rec"):
+        checkpoint, = (root / "serve" / model).glob("*.pth")
+        served[model] = ServedModel(checkpoint, data_path=str(root))
+    assert served["LLM4SBR_GRU4Rec"].semantic is False
+    stock, wrapped = (served[m].recommend(["101", "104", "107"], k=5) for m in ("GRU4Rec", "LLM4SBR_GRU4Rec"))
+    assert wrapped.items == stock.items and wrapped.scores == stock.scores

@@ -20,7 +20,8 @@ key) fixes it; ``--epochs=N`` sets the cap. paper: the paper's schedule (lr 1e-3
 every other variant trains with the setting chosen for ``llm4sbr`` of the same base (one run per seed;
 its cells say "setting reused from llm4sbr"). ``--tune=base`` (fair): only the stock base gets the
 training grid; every wrapped variant trains with the base's chosen setting and searches only the
-wrapped-only axes around it (``--grid_intent_strength=0,1``: 0 = the base's own scoring path), on the
+wrapped-only axes around it (``--grid_intent_strength=0,1,off``: 0 = the base's own scoring path, off =
+the stock base itself, whose cell is read, not trained again; a candidate of ``llm4sbr`` only), on the
 first seed's validation split.
 
 Variants: base (without LLM), llm4sbr (full; intent backend as configured), text (LLM-free text
@@ -68,7 +69,7 @@ def parse(argv: Sequence[str]):
                         help="fair protocol: grid = every (base, variant) its own grid (default); reuse = only base "
                              "and llm4sbr are tuned, the other variants reuse llm4sbr's chosen setting; base = wrapped "
                              "variants take the stock base's chosen setting and search only wrapped-only axes "
-                             "such as --grid_intent_strength=0,1")
+                             "such as --grid_intent_strength=0,1,off (off: the stock base's own run)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--model", "-m", default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(list(argv))  # --help exits here, before torch and RecBole load
