@@ -742,6 +742,27 @@ def test_intent_strength_off_is_the_stock_run_and_wins_when_validation_prefers_i
     assert off_cell == stock_cell and off_cell.stands_for[0] == "llm4sbr"
 
 
+def test_grid_value_shipped_trains_each_base_with_its_property_files(tmp_path):
+    """``--grid_learning_rate=shipped --grid_lr_step_size=shipped``: no training grid; each stock base
+    trains with what its shipped property files set (SR-GNN lr 3e-4; NARM x0.1 every 3 epochs; SASRec
+    RecBole's 1e-3 and the plugin's constant lr), named exactly as a run given those values is."""
+    from recbole_llm4sbr.benchmark.plan import BenchmarkError, Plan
+
+    grid = {"learning_rate": ["shipped"], "lr_step_size": ["shipped"], "intent_strength": [0, 1]}
+    plan = Plan("ml-100k-session", ["SRGNN", "NARM", "SASRec"], ["base", "llm4sbr"], [7], tune="base", grid=grid)
+    settings = {c.base: dict(c.setting) for c in plan.grid_cells("SRGNN", "base") + plan.grid_cells("NARM", "base")
+                + plan.grid_cells("SASRec", "base")}
+    assert settings == {"SRGNN": {"learning_rate": 0.0003, "lr_step_size": 0},
+                        "NARM": {"learning_rate": 0.001, "lr_step_size": 3},
+                        "SASRec": {"learning_rate": 0.001, "lr_step_size": 0}}
+    explicit = Plan("ml-100k-session", ["SASRec"], ["base", "llm4sbr"], [7], tune="base",
+                    grid={"learning_rate": [0.001], "lr_step_size": [0], "intent_strength": [0, 1]})
+    assert plan.grid_cells("SASRec", "base") == explicit.grid_cells("SASRec", "base")
+    with pytest.raises(BenchmarkError, match="no property file sets nope"):
+        Plan("ml-100k-session", ["SASRec"], ["base"], [7], grid={"nope": ["shipped"], "x": [1, 2]}).grid_cells(
+            "SASRec", "base")
+
+
 def test_wrapped_cells_digest_their_fusion():
     """A cell trained with the paper's fusion can never stand for one with the residual fusion (the
     default), nor one intent strength for another; the stock base's digest ignores both."""

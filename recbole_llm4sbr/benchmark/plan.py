@@ -29,6 +29,7 @@ are left out, so base cells are shared by runs that differ only in those.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -42,6 +43,10 @@ from recbole_llm4sbr.validation import strength_off
 
 #: the stock base's variant name
 STOCK = role_variant("stock")
+#: a grid value standing for each base's own value of that key in the shipped property files (the fair
+#: protocol's choice made on ml-100k-session): ``--grid_learning_rate=shipped --grid_lr_step_size=shipped``
+#: trains every stock base with its shipped setting instead of searching one
+SHIPPED = "shipped"
 #: overrides that never change a result (left out of the cell digest)
 NEUTRAL_KEYS = {"show_progress", "state", "checkpoint_dir", "benchmark", "log_wandb", "debug"}
 #: stage-1 keys: only LLM4SBR models read them (left out of the stock base's digest): ``intent_`` and the
@@ -156,6 +161,34 @@ def _file_digest(path: str) -> str:
             return hashlib.sha1(f.read()).hexdigest()[:12]
     except OSError:
         return "missing"
+
+
+@functools.lru_cache(maxsize=None)
+def shipped_value(base: str, key: str, dataset: str):
+    """``key``'s value for ``base`` as the shipped property files layer it (``config.Config``'s order:
+    RecBole's overall and model files, then the plugin's overall, ``model/<base>.yaml`` and
+    ``dataset/<dataset>.yaml``); BenchmarkError when none sets it. Read as files: no RecBole import."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    from recbole_llm4sbr.paths import properties_dir
+
+    recbole = Path(importlib.util.find_spec("recbole").origin).parent / "properties"
+    plugin = properties_dir()
+    value = None
+    for path in (recbole / "overall.yaml", recbole / "model" / f"{base}.yaml", plugin / "overall.yaml",
+                 plugin / "model" / f"{base}.yaml", plugin / "dataset" / f"{dataset}.yaml"):
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                found = yaml.safe_load(f) or {}
+            if key in found:
+                value = found[key]
+    if value is None:
+        raise BenchmarkError(f"--grid_{key}={SHIPPED}: no property file sets {key} for {base}. Fix: give the "
+                             f"values to try, e.g. --grid_{key}=a,b")
+    return _value(str(value)) if isinstance(value, str) else value
 
 
 def relevant_settings(dataset: str, variant: str, overrides: Dict[str, object],
@@ -277,6 +310,7 @@ class Plan:
         """The run of (base, variant, seed) with ``setting``; for a wrapped variant whose intents are
         off (``intent_strength: off``, by the setting or a default) the stock base's run with the same
         training setting, marked ``stands_for`` that variant and setting."""
+        setting = {k: shipped_value(base, k, self.dataset) if v == SHIPPED else v for k, v in setting.items()}
         key = (base, variant, seed, tuple(sorted(setting.items())))
         if key not in self._cells:
             settings = relevant_settings(self.dataset, variant, self.run_overrides(variant, setting),
