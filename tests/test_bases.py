@@ -15,29 +15,16 @@ import recbole.model.sequential_recommender as seqrec
 from recbole_llm4sbr.data import intents as intents_module
 from recbole_llm4sbr.model.bases import BASES, SUPPORTED, UNSUPPORTED
 from recbole_llm4sbr.model.wrapper import llm4sbr_class
-from tinydata import synthetic_intents, write_tiny_dataset
+from tinydata import PER_BASE, SMALL, synthetic_intents, tiny_width, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS, README = ROOT / "docs" / "BASES.md", ROOT / "README.md"
-
-SMALL = {"embedding_size": 16, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1}
-PER_BASE = {
-    "NARM": {"hidden_size": 24},  # views wider than the vector the base scores with
-    "GRU4Rec": {"hidden_size": 24},
-    "FEARec": {"n_layers": 2},  # its filter slide step divides by n_layers - 1
-    "NextItNet": {"block_num": 1},
-    "LightSANs": {"k_interests": 3},
-    "SINE": {"prototype_size": 8},
-}
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("bases")
     folder = write_tiny_dataset(root)
-    width = max(len(line.split("\t")[1].split())
-                for part in ("train", "valid", "test")
-                for line in (folder / f"tiny.{part}.inter").read_text().splitlines()[1:])
+    width = tiny_width(folder)
     table = synthetic_intents(folder)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(intents_module, "load_dataset_intents", lambda config, logger=None: table)

@@ -12,26 +12,13 @@ import torch
 
 from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.model.bases import SUPPORTED
-from tinydata import write_tiny_dataset
-
-SMALL = {"embedding_size": 16, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1}
-PER_BASE = {
-    "NARM": {"hidden_size": 24},
-    "GRU4Rec": {"hidden_size": 24},
-    "FEARec": {"n_layers": 2},
-    "NextItNet": {"block_num": 1},
-    "LightSANs": {"k_interests": 3},
-    "SINE": {"prototype_size": 8},
-}
-
+from tinydata import PER_BASE, SMALL, tiny_width, write_tiny_dataset
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("off")
     folder = write_tiny_dataset(root)
-    width = max(len(line.split("\t")[1].split())
-                for part in ("train", "valid", "test")
-                for line in (folder / f"tiny.{part}.inter").read_text().splitlines()[1:])
+    width = tiny_width(folder)
     return root, width
 
 

@@ -7,6 +7,25 @@ from pathlib import Path
 HEADER = "session_id:token\titem_id_list:token_seq\titem_id:token\n"
 
 
+#: small layers every supported base trains with on the tiny data, and the bases that need more
+SMALL = {"embedding_size": 16, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1}
+PER_BASE = {
+    "NARM": {"hidden_size": 24},  # views wider than the vector the base scores with
+    "GRU4Rec": {"hidden_size": 24},
+    "FEARec": {"n_layers": 2},  # its filter slide step divides by n_layers - 1
+    "NextItNet": {"block_num": 1},
+    "LightSANs": {"k_interests": 3},
+    "SINE": {"prototype_size": 8},
+}
+
+
+def tiny_width(folder, name="tiny"):
+    """The longest prefix of a dataset written by ``write_tiny_dataset`` (its MAX_ITEM_LIST_LENGTH)."""
+    return max(len(line.split("\t")[1].split())
+               for part in ("train", "valid", "test")
+               for line in (Path(folder) / f"{name}.{part}.inter").read_text().splitlines()[1:])
+
+
 def write_tiny_dataset(root, name="tiny", n_sessions=120, n_items=30, seed=0, max_len=8):
     """Sessions drawn from a few item 'topics' so that there is signal to learn; returns the folder."""
     rng = random.Random(seed)
