@@ -20,6 +20,7 @@ from tinydata import PER_BASE, SMALL, synthetic_intents, tiny_width, write_tiny_
 ROOT = Path(__file__).resolve().parents[1]
 DOCS, README = ROOT / "docs" / "BASES.md", ROOT / "README.md"
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("bases")

@@ -14,6 +14,7 @@ from recbole_llm4sbr.errors import ConfigError
 from recbole_llm4sbr.model.bases import SUPPORTED
 from tinydata import PER_BASE, SMALL, tiny_width, write_tiny_dataset
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("off")
