@@ -23,10 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from recbole_llm4sbr.benchmark.variants import role_variant
-
-#: the reference of every row (the stock base), found by its role
-STOCK = role_variant("stock")
+from recbole_llm4sbr.benchmark.variants import STOCK
 
 METRICS = ("recall", "mrr", "ndcg", "hit")
 #: the metrics the headline tables, the bootstrap and the chart use

@@ -36,13 +36,11 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from recbole_llm4sbr.benchmark.variants import VARIANTS, role_variant, variant_config
+from recbole_llm4sbr.benchmark.variants import STOCK, VARIANTS, variant_config
 from recbole_llm4sbr.errors import LLM4SBRError
 from recbole_llm4sbr.intent.registry import only_key_prefixes
 from recbole_llm4sbr.validation import strength_off
 
-#: the stock base's variant name
-STOCK = role_variant("stock")
 #: a grid value standing for each base's own value of that key in the shipped property files (the fair
 #: protocol's choice made on ml-100k-session): ``--grid_learning_rate=shipped --grid_lr_step_size=shipped``
 #: trains every stock base with its shipped setting instead of searching one

@@ -27,7 +27,7 @@ from recbole_llm4sbr.benchmark.aggregate import (
     metric_names,
     no_harm_verdict,
 )
-from recbole_llm4sbr.benchmark.variants import VARIANTS, role_variant, role_variants
+from recbole_llm4sbr.benchmark.variants import STOCK, VARIANTS, role_variant, role_variants
 from recbole_llm4sbr.model.bases import is_wrapped as is_wrapped_model
 
 log = logging.getLogger("recbole_llm4sbr.benchmark")
@@ -37,9 +37,8 @@ TABLE_METRICS = [f"{m}@{k}" for m in ("recall", "mrr", "ndcg") for k in (5, 10, 
 AT_CAP = "⚠ at cap"
 CHART = "relative_gain.png"
 
-# the reference and the controls, found by role (with the fusion as configured): the names the report
+# the controls, found by role (with the fusion as configured; the reference, STOCK, is variants'): the names the report
 # compares with and writes
-STOCK = role_variant("stock")  # base
 INTENTS = role_variant("intents")  # llm4sbr: the LLM's intents, the variant the verdict is on
 CONSTANT = role_variant("constant_control")  # arch
 SHUFFLED = role_variant("shuffled_control")  # shuffled

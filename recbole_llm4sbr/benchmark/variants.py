@@ -121,6 +121,10 @@ def role_variants(role: str) -> List[str]:
     return [v.name for v in VARIANTS.values() if v.role == role]
 
 
+#: the stock base's variant name (``base``): the reference of every comparison, the cell an ``off`` point is
+STOCK = role_variant("stock")
+
+
 ALIASES = {"full": "llm4sbr", "no_llm": "base", "no_localization": "no_loc", "no_alignment": "no_au"}
 
 
