@@ -258,7 +258,7 @@ def comparisons(cells: Sequence[dict], bases: Sequence[str], variants: Sequence[
                 metrics: Sequence[str] = HEADLINE_METRICS, n_boot: int = N_BOOT,
                 seed: int = BOOT_SEED) -> list[dict]:
     """Headline rows: every variant (but the reference) of each base against ``reference`` of that base
-    (``"base"``, ``variants.role_variant("stock")``: the stock model; ``"arch"``, its ``constant_control``:
+    (``"base"``, ``variants.STOCK``: the stock model; ``"arch"``, its ``constant_control``:
     the wrapper with one constant intent). Bases without
     reference cells give no rows. Row: ``base``, ``variant``, ``reference``, ``seeds``, and per metric
     the dict of :func:`compare` under the metric's name."""

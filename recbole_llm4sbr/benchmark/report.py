@@ -37,8 +37,8 @@ TABLE_METRICS = [f"{m}@{k}" for m in ("recall", "mrr", "ndcg") for k in (5, 10, 
 AT_CAP = "⚠ at cap"
 CHART = "relative_gain.png"
 
-# the controls, found by role (with the fusion as configured; the reference, STOCK, is variants'): the names the report
-# compares with and writes
+# the intent variant and the controls, found by role (with the fusion as configured): the names the report
+# compares with and writes (the reference, STOCK, is defined beside role_variant in variants.py)
 INTENTS = role_variant("intents")  # llm4sbr: the LLM's intents, the variant the verdict is on
 CONSTANT = role_variant("constant_control")  # arch
 SHUFFLED = role_variant("shuffled_control")  # shuffled
